@@ -33,9 +33,8 @@ import re
 from pathlib import Path
 
 import matplotlib as mpl
-import numpy as np
-
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.testing.compare import compare_images
 
@@ -125,22 +124,27 @@ def check_against(new: Path, reference: Path, measured: bool = False) -> None:
         )
 
 
-def show(fig: Figure, label: str, *, measured: bool = False) -> Path:
+def figure_path(label: str) -> Path:
+    """Where :func:`show` writes the figure ``label`` of the current notebook."""
+    if not LABEL.match(label):
+        raise ValueError(f"label={label!r} must look like 'fig-lower-case-words'")
+    return figure_dir() / runtime.current().notebook / f"{label}.png"
+
+
+def show(fig: Figure, label: str, *, measured: bool = False) -> None:
     """Write ``fig`` to ``figures/<notebook>/<label>.png``, check it if asked, display it.
 
     ``label`` must equal the cell's Quarto label (``#| label: fig-...``) so that the book
-    checks can pair every captioned figure with its file.
+    checks can pair every captioned figure with its file. Returns nothing, so that a cell
+    ending in ``show(...)`` displays the figure and no ``Path`` repr after it.
     """
-    if not LABEL.match(label):
-        raise ValueError(f"label={label!r} must look like 'fig-lower-case-words'")
+    path = save(fig, figure_path(label))
     notebook = runtime.current().notebook
-    path = save(fig, figure_dir() / notebook / f"{label}.png")
     plt.close(fig)
     reference_root = os.environ.get("MLUPDATES_FIGURE_CHECK")
     if reference_root:
         check_against(path, Path(reference_root) / notebook / f"{label}.png", measured)
     _display(path)
-    return path
 
 
 def _display(path: Path) -> None:

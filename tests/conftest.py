@@ -1,0 +1,72 @@
+"""Fixtures that build books to break: a copy of the real one, and a minimal one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK_PARTS = ["_quarto.yml", "index.qmd", "references.bib", "chapters", "notebooks", "figures"]
+
+
+@pytest.fixture
+def book_copy(tmp_path: Path) -> Path:
+    """A copy of this book (pages, figures, bibliography, seed map) to corrupt."""
+    for name in BOOK_PARTS:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name)
+        elif src.exists():
+            shutil.copy2(src, tmp_path / name)
+    (tmp_path / "tests" / "data").mkdir(parents=True)
+    shutil.copy2(ROOT / "tests/data/seed_sections.yaml", tmp_path / "tests/data")
+    return tmp_path
+
+
+MINI_FIGURE = """#| label: fig-mini-line
+#| fig-cap: "A straight line: the minimal figure."
+import matplotlib.pyplot as plt
+from mlupdates.plots import show
+fig, ax = plt.subplots()
+ax.plot([0, 1, 2], [0, 1, 2])
+show(fig, "fig-mini-line")"""
+
+
+def make_mini_book(root: Path, extra_code: str = "") -> Path:
+    """A one-chapter book: setup, a printed number, a figure; returns the notebook path."""
+    (root / "notebooks").mkdir(parents=True, exist_ok=True)
+    (root / "_quarto.yml").write_text(
+        "project:\n  type: book\nbook:\n  title: Mini\n  chapters:\n"
+        "    - index.qmd\n    - notebooks/01-mini.ipynb\n"
+    )
+    (root / "index.qmd").write_text("# Mini {.unnumbered}\n\nA book to test the tools.\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    cells = [
+        nbformat.v4.new_markdown_cell("# Mini {#sec-mini}\n\nOne chapter."),
+        nbformat.v4.new_code_cell(
+            'from mlupdates.runtime import setup\nrt = setup(notebook="01-mini")\nprint(rt)'
+        ),
+        nbformat.v4.new_code_cell("print(sum(range(10)))"),
+        nbformat.v4.new_code_cell(MINI_FIGURE),
+    ]
+    if extra_code:
+        cells.append(nbformat.v4.new_code_cell(extra_code))
+    nb.cells = cells
+    path = root / "notebooks" / "01-mini.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def mini_book(tmp_path: Path) -> Path:
+    """Root of a minimal one-chapter book (not yet executed)."""
+    make_mini_book(tmp_path)
+    return tmp_path
