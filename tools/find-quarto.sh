@@ -20,12 +20,14 @@ for candidate in "$(command -v quarto 2>/dev/null)" "$venv_bin/quarto"; do
 done
 
 echo "Quarto >= $min not found on PATH; trying 'pip install quarto-cli' into the venv..." >&2
-if "$py" -m pip install --quiet "quarto-cli>=$min" >&2 && [ -x "$venv_bin/quarto" ] \
+log=$(mktemp -t quarto-cli-install.XXXXXX.log)
+if "$py" -m pip install --quiet "quarto-cli>=$min" >"$log" 2>&1 && [ -x "$venv_bin/quarto" ] \
    && new_enough "$venv_bin/quarto"; then
   echo "$venv_bin/quarto"; exit 0
 fi
 
 cat >&2 <<MSG
+(pip could not install quarto-cli; its log: $log)
 
 make book needs Quarto $min or newer (the first release that renders book projects to
 PDF with Typst), and none could be found or installed.
