@@ -1,0 +1,128 @@
+"""Data-parallel training with ``torch.distributed``: the same step on 1 or N processes.
+
+Data parallelism (Li et al., "PyTorch Distributed", arXiv:2006.15704) gives every process
+a full copy of the model and a different slice of each batch; after the backward pass,
+``DistributedDataParallel`` (DDP) averages the gradients across processes with an
+all-reduce, so every copy takes the same optimiser step. With equal slices, the mean of
+the per-process mean losses is the mean loss of the whole batch, and so is the gradient:
+N processes with B/N rows each must follow the loss curve of one process with B rows, up
+to floating-point rounding. This script checks exactly that.
+
+Run it as a script, once plainly and once under ``torchrun``::
+
+    python -m mlupdates.distributed --out single.json
+    torchrun --standalone --nproc_per_node=2 -m mlupdates.distributed --out ddp.json
+
+Both train the same tiny causal language model (PyTorch's own pre-norm
+``TransformerEncoderLayer`` with a causal mask, tied input and output embeddings) on the
+book's corpus (:mod:`mlupdates.world`) with the same global batch, and rank 0 writes the
+per-step losses as JSON. The ``gloo`` backend runs on CPU, so no GPU is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mlupdates.tokenizer import BPETokenizer
+from mlupdates.world import make_world
+
+
+class TinyCausalLM(nn.Module):
+    """Embedding, ``n_layers`` pre-norm transformer layers (causal), tied output layer."""
+
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, context: int = 32):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Embedding(context, d_model)
+        layer = nn.TransformerEncoderLayer(
+            d_model, nhead=4, dim_feedforward=4 * d_model, dropout=0.0, batch_first=True,
+            norm_first=True,
+        )  # fmt: skip
+        self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        for emb in (self.tok, self.pos):  # GPT-2's small init keeps tied logits near 0
+            nn.init.normal_(emb.weight, std=0.02)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        t = idx.shape[1]
+        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        x = self.blocks(x, mask=self.mask[:t, :t], is_causal=True)
+        return self.norm(x) @ self.tok.weight.T
+
+
+def corpus_tokens(vocab_size: int = 512) -> torch.Tensor:
+    """The book's corpus, tokenized: one long stream of ids (deterministic)."""
+    docs = make_world(seed=0, n_people=60).corpus(60_000)
+    tok = BPETokenizer.train(docs, vocab_size)
+    eot = tok.special_tokens["<|endoftext|>"]
+    ids: list[int] = []
+    for doc in docs:
+        ids += [*tok.encode(doc), eot]
+    return torch.tensor(ids)
+
+
+def run(steps: int, global_batch: int, context: int, lr: float) -> list[float]:
+    """Train on this process's slice of each global batch; return the global mean losses."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    if global_batch % world:
+        raise ValueError(f"global_batch={global_batch} must be divisible by {world} processes")
+    tokens = corpus_tokens()
+    torch.manual_seed(0)  # same initial weights everywhere (DDP also broadcasts rank 0's)
+    model = TinyCausalLM(int(tokens.max()) + 1, context=context)
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    data = torch.Generator().manual_seed(1)  # every process draws the same global batches
+    losses = []
+    for _ in range(steps):
+        starts = torch.randint(len(tokens) - context - 1, (global_batch,), generator=data)
+        rows = starts[rank::world]  # this process's slice of the global batch
+        x = torch.stack([tokens[s : s + context] for s in rows])
+        y = torch.stack([tokens[s + 1 : s + context + 1] for s in rows])
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # DDP all-reduces (averages) the gradients here
+        opt.step()
+        mean = loss.detach().clone()
+        if distributed:
+            dist.all_reduce(mean)
+            mean /= world
+        losses.append(mean.item())
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--global-batch", type=int, default=16)
+    parser.add_argument("--context", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # one core per process: two processes on a 2-core machine
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if distributed:
+        dist.init_process_group("gloo")
+    try:
+        losses = run(args.steps, args.global_batch, args.context, args.lr)
+        world = dist.get_world_size() if distributed else 1
+        if not distributed or dist.get_rank() == 0:
+            args.out.write_text(json.dumps({"world_size": world, "losses": losses}))
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
