@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK_PARTS = ["_quarto.yml", "index.qmd", "references.bib", "chapters", "notebooks", "figures"]
@@ -70,3 +71,13 @@ def mini_book(tmp_path: Path) -> Path:
     """Root of a minimal one-chapter book (not yet executed)."""
     make_mini_book(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Unit tests use one CPU thread, like the chapters' default: tiny tensors gain nothing
+    from threads, and on a busy 2-core machine every OpenMP region waits for the other core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

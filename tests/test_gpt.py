@@ -16,17 +16,6 @@ from mlupdates.gpt import (
     top_p_filter,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine every OpenMP
-    region waits for the other core: one thread keeps these tests fast and stable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY = GPTConfig(vocab_size=23, context=16, n_layer=2, n_head=2, d_model=16)
 
 

@@ -18,17 +18,6 @@ from mlupdates.train import (
     train,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine every OpenMP
-    region waits for the other core: one thread keeps these tests fast and stable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 PATTERN = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]  # "1" and "5" need context to predict
 VOCAB = 12
 
