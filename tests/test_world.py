@@ -101,3 +101,16 @@ def test_errors_name_the_argument_and_range(world):
         Fact("A B", "city", "X").sentence(4)
     with pytest.raises(KeyError, match="no person named 'Nobody'"):
         world.person("Nobody")
+
+
+def test_after_moves_changes_only_the_city_of_the_chosen_share():
+    world = make_world(seed=0, n_people=50, heldout_fraction=0.2)
+    later = world.after_moves(0.5, seed=1)
+    moved = [p for p, q in zip(world.people, later.people, strict=True) if p.city != q.city]
+    assert len(moved) == 20 and all(p.seen for p in moved)
+    for p, q in zip(world.people, later.people, strict=True):
+        assert (p.name, p.job, p.born, p.colour, p.pet) == (q.name, q.job, q.born, q.colour, q.pet)
+        assert q.city in world.cities
+    assert world.after_moves(0.5, seed=1) == later
+    with pytest.raises(ValueError, match="share"):
+        world.after_moves(0.0)

@@ -25,7 +25,7 @@ Everything is a pure function of ``seed`` and the sizes: no downloads, no global
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ATTRIBUTES = ("city", "job", "born", "colour", "pet")
 
@@ -171,6 +171,26 @@ class World:
             for p in groups[split]
             for f in p.facts()
         ]
+
+    def after_moves(self, share: float, seed: int = 0) -> World:
+        """The same world some time later: ``share`` of the seen people live in a new city.
+
+        A model trained on the original text is frozen at its *knowledge cut-off*; comparing
+        its answers with this later world shows what that costs. Which people move, and
+        where, is a pure function of ``seed``.
+        """
+        if not 0 < share <= 1:
+            raise ValueError(f"share={share} must be in (0, 1]")
+        rng = random.Random(f"moves-{self.seed}-{seed}")
+        seen = self.seen
+        movers = {p.name for p in rng.sample(seen, max(1, round(share * len(seen))))}
+        people = tuple(
+            replace(p, city=rng.choice([c for c in self.cities if c != p.city]))
+            if p.name in movers
+            else p
+            for p in self.people
+        )
+        return replace(self, people=people)
 
     def biography(self, person: Person, rng: random.Random) -> str:
         """All of one person's facts, in a random order, each in a random paraphrase."""
