@@ -218,3 +218,12 @@ def test_command_line_lists_problems_and_fails(book_copy, capsys):
     out = capsys.readouterr().out
     assert "notebooks/07-azure.ipynb" in out and "problem(s)" in out
     assert isinstance(Book(book_copy).pages, list)
+
+
+def test_bibliography_key_defined_twice(book_copy):
+    bib = book_copy / "references.bib"
+    text = bib.read_text()
+    first = text[text.index("@") : text.index("\n}\n") + 3]  # the first entry, verbatim
+    bib.write_text(text + "\n" + first)
+    key = first.split("{", 1)[1].split(",", 1)[0]
+    assert_reported(book_copy, "citations", "references.bib", key, "more than once")

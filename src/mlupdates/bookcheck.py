@@ -10,7 +10,8 @@ problem with the file it is in:
 - ``labels``: no label (``sec-``, ``fig-``, ``tbl-``, ``eq-``) is defined twice in the book
   (the Typst PDF fails on duplicates).
 - ``references``: every ``@fig-/@tbl-/@sec-/@eq-`` reference resolves to a label.
-- ``citations``: every cited key is in the bibliography and every entry is cited.
+- ``citations``: every cited key is in the bibliography, every entry is cited, and no key is
+  defined twice (Quarto's citeproc would silently pick one).
 - ``captions``: every figure and table label has a caption, every figure cell writes its
   image through ``show(fig, "<label>")`` and the committed PNG exists, and no PNG in
   ``figures/`` is orphaned.
@@ -268,6 +269,14 @@ def check_citations(book: Book) -> Iterator[Problem]:
     for rel in book.bibliography_files:
         if not (book.root / rel).is_file():
             yield Problem("citations", "_quarto.yml", f"bibliography {rel} does not exist")
+    for rel in book.bibliography_files:
+        path = book.root / rel
+        if path.is_file():
+            seen: set[str] = set()
+            for _kind, key in BIB_ENTRY.findall(path.read_text(encoding="utf-8")):
+                if key in seen:
+                    yield Problem("citations", str(rel), f"entry {key} is defined more than once")
+                seen.add(key)
     cited: set[str] = set()
     for page in book.pages:
         for text in page.prose():
