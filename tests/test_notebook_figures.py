@@ -47,11 +47,17 @@ def test_nbval_passes_then_catches_a_changed_figure_and_a_changed_output(tmp_pat
     assert ok.returncode == 0, ok.stdout[-3000:]
 
     png = tmp_path / "figures/01-mini/fig-mini-line.png"
+    import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots()
+    # A different drawing of exactly the committed size, so the check must compare pixels
+    # (a size change would be caught earlier, by a different message).
+    height, width = mpimg.imread(png).shape[:2]
+    fig, ax = plt.subplots(figsize=(width / 100, height / 100), dpi=100)
     ax.plot([0, 1, 2], [2, 0, 2], color="red")
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    assert mpimg.imread(png).shape[:2] == (height, width)
     broken = run_nbval(tmp_path)
     assert broken.returncode != 0
     assert "fig-mini-line.png: regenerated figure differs" in broken.stdout
