@@ -99,3 +99,36 @@ def test_distillation_errors():
         distillation_loss(s, s, torch.full((4,), -100))
     with pytest.raises(ValueError, match="temperature T=-1"):
         soft_targets(s, -1)
+
+
+class ParrotTeacher(torch.nn.Module):
+    """A stand-in teacher that replies with the same token ids to every prompt."""
+
+    def __init__(self, reply: list[int]) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.reply = torch.tensor(reply)
+
+    def generate(self, idx, max_new_tokens, **decoding):
+        assert decoding["temperature"] == 0.0  # greedy: the teacher's most likely reply
+        extra = self.reply[:max_new_tokens].expand(idx.size(0), -1)
+        return torch.cat([idx, extra], dim=1)
+
+
+def test_sequence_distillation_data_takes_the_teachers_answers():
+    from mlupdates.distill import sequence_distillation_data
+    from mlupdates.tokenizer import BPETokenizer
+    from mlupdates.world import make_world
+
+    world = make_world(seed=3, n_people=6)
+    tok = BPETokenizer.train(world.corpus(3000), 300)
+    questions = world.qa("train")[:4]
+    teacher = ParrotTeacher(tok.encode(" Norholm<|end|>"))
+    data = sequence_distillation_data(teacher, tok, questions)
+    assert [d.answer for d in data] == ["Norholm"] * 4  # right or wrong, the teacher's answer
+    assert [d.question for d in data] == [q.question for q in questions]
+    assert [(d.person, d.attribute) for d in data] == [(q.person, q.attribute) for q in questions]
+    with pytest.raises(ValueError, match="empty"):
+        sequence_distillation_data(teacher, tok, [])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sequence_distillation_data(teacher, tok, questions, max_new_tokens=0)

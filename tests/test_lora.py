@@ -16,6 +16,7 @@ from mlupdates.lora import (
     lora_layers,
     lora_parameter_count,
     lora_state_dict,
+    merge_and_unload,
     merge_lora,
     set_adapter,
     trainable_parameters,
@@ -355,3 +356,42 @@ def test_parity_with_peft(flags):
         w_ours = ours.get_submodule(name).base.weight
         w_theirs = merged_theirs.get_submodule(name).weight
         assert (w_ours - w_theirs).abs().max() < 1e-6
+
+
+def test_merge_and_unload_leaves_plain_linears_with_the_same_outputs():
+    model = make_block()
+    inject_lora(model, ("q_proj", "v_proj"), r=2, alpha=4)
+    randomise_b(model)
+    x = randn(2, 5, 32)
+    adapted = model(x)
+    assert merge_and_unload(model) == ["q_proj", "v_proj"]
+    assert not lora_layers(model)
+    assert type(model.q_proj) is nn.Linear and type(model.v_proj) is nn.Linear
+    assert set(model.state_dict()) == set(make_block().state_dict())
+    assert (model(x) - adapted).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="no LoRALinear"):
+        merge_and_unload(model)
+
+
+def test_merge_and_unload_matches_peft():
+    ours, theirs = peft_and_ours()
+    x = randn(3, 7, 32, seed=5)
+    merge_and_unload(ours)
+    plain = theirs.merge_and_unload()
+    for name in ("q_proj", "v_proj", "up_proj"):
+        assert type(ours.get_submodule(name)) is nn.Linear
+        assert (
+            ours.get_submodule(name).weight - plain.get_submodule(name).weight
+        ).abs().max() < 1e-6
+    assert (ours(x) - plain(x)).abs().max() < 1e-5
+
+
+def test_merge_and_unload_refuses_a_quantised_base():
+    from mlupdates.quant import quantize_linears
+
+    model = make_block()
+    quantize_linears(model, ("q_proj",))
+    inject_lora(model, ("q_proj",), r=2, alpha=4)
+    with pytest.raises(TypeError, match="dequantise"):
+        merge_and_unload(model)
+    assert lora_layers(model)  # nothing was unwrapped

@@ -22,8 +22,16 @@ with cross-entropy on text the teacher generated, as Stanford Alpaca did with
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from mlupdates.chat import chat_prompt
+from mlupdates.evaluate import generate_answers
+from mlupdates.tokenizer import BPETokenizer
+from mlupdates.world import QA
 
 IGNORE_INDEX = -100
 """Label that contributes nothing to the loss (PyTorch's and Hugging Face's choice)."""
@@ -87,3 +95,24 @@ def distillation_loss(
         return soft
     hard = F.cross_entropy(s, labels, ignore_index=ignore_index)
     return alpha * soft + (1 - alpha) * hard
+
+
+def sequence_distillation_data(
+    teacher: nn.Module, tok: BPETokenizer, questions: Sequence[QA], max_new_tokens: int = 6
+) -> list[QA]:
+    """The ``questions`` answered by ``teacher``: training data for sequence-level KD.
+
+    Kim & Rush (2016, arXiv:1606.07947) train the student on the teacher's most likely
+    output sequence instead of matching its distribution token by token; they approximate
+    that sequence with beam search, here it is greedy decoding (``temperature=0``) of the
+    chat reply. Each returned :class:`~mlupdates.world.QA` is the input one with its
+    ``answer`` replaced by the teacher's, right or wrong, so the student learns whatever
+    the teacher says, as Alpaca learned from ``text-davinci-003``'s answers.
+    """
+    if not questions:
+        raise ValueError("questions is empty: nothing for the teacher to answer")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    prompts = [chat_prompt(q.question) for q in questions]
+    replies = generate_answers(teacher, tok, prompts, max_new_tokens=max_new_tokens)
+    return [dataclasses.replace(q, answer=r[0]) for q, r in zip(questions, replies, strict=True)]

@@ -402,6 +402,29 @@ def unmerge_lora(model: nn.Module) -> None:
         layer.unmerge()
 
 
+def merge_and_unload(model: nn.Module) -> list[str]:
+    """Fold the active adapter into every base weight and put the plain layers back.
+
+    What a deployment does once training is over (``peft``'s ``merge_and_unload``): each
+    :class:`LoRALinear` is replaced by its base ``nn.Linear`` holding ``W0 + (alpha/r) B A``,
+    so the model has exactly the base model's modules, shapes and cost per token, with no
+    wrapper left to call. A layer with no active adapter is unwrapped unchanged. The other
+    adapters are discarded; keep :func:`lora_state_dict` first if they are still needed.
+    Returns the names of the unwrapped layers.
+    """
+    layers = _require_lora(model)
+    for name, layer in layers.items():
+        if not isinstance(layer.base, nn.Linear):
+            raise TypeError(
+                f"{name}: cannot merge into a {type(layer.base).__name__}; dequantise the base first"
+            )
+    for name, layer in layers.items():
+        if layer.active_adapter is not None and layer.merged_adapter is None:
+            layer.merge()
+        model.set_submodule(name, layer.base)
+    return list(layers)
+
+
 def trainable_parameters(model: nn.Module) -> int:
     """Number of parameters with ``requires_grad`` (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
