@@ -81,3 +81,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def scramble(model: torch.nn.Module, seed: int = 1) -> None:
+    """Give every weight a large random value, so that a bug moves the output by much more
+    than float rounding does (small initialisations keep logits near zero and hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.dim() == 1 else 0.0))

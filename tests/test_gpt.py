@@ -16,6 +16,8 @@ from mlupdates.gpt import (
     top_p_filter,
 )
 
+from .conftest import scramble
+
 TINY = GPTConfig(vocab_size=23, context=16, n_layer=2, n_head=2, d_model=16)
 
 
@@ -23,15 +25,6 @@ def tiny_model(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     cfg = GPTConfig(**{**TINY.__dict__, **overrides})
     return GPT(cfg).eval()
-
-
-def scramble(model: torch.nn.Module, seed: int = 1) -> None:
-    """Give every weight a large random value, so bugs change the output by much more than
-    float rounding (GPT-2's 0.02 init keeps logits near zero and hides them)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.dim() == 1 else 0.0))
 
 
 @pytest.mark.parametrize(

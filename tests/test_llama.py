@@ -21,6 +21,8 @@ from mlupdates.llama import (
 from mlupdates.rope import apply_rope, rope_angles
 from mlupdates.train import TrainConfig, train
 
+from .conftest import scramble
+
 TINY = LlamaConfig(vocab_size=37, context=16, n_layer=2, n_head=4, d_model=32, multiple_of=16)
 VARIANTS = {
     "llama": {},
@@ -32,14 +34,6 @@ VARIANTS = {
 def tiny_model(seed: int = 0, **overrides) -> Llama:
     torch.manual_seed(seed)
     return Llama(LlamaConfig(**{**TINY.__dict__, **overrides})).eval()
-
-
-def scramble(model: torch.nn.Module, seed: int = 1) -> None:
-    """Large random weights, so that a bug moves the logits far more than rounding does."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.dim() == 1 else 0.0))
 
 
 @pytest.mark.parametrize(

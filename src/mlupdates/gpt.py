@@ -68,6 +68,27 @@ class GPTConfig:
         return self.d_model // self.n_head
 
 
+def next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits`` ``(B, T, V)`` against ``targets`` ``(B, T)``.
+
+    Positions whose target is ``IGNORE_INDEX`` (-100) add nothing, which is how supervised
+    fine-tuning trains on answer tokens only; the mean is over the remaining positions, and
+    a batch with none left has loss 0 rather than NaN. Shared by every language model in
+    the book (GPT here, LLaMA in :mod:`mlupdates.llama`).
+    """
+    if targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(logits.shape[:2])}"
+        )
+    total = F.cross_entropy(
+        logits.view(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
 class KVCache:
     """Keys and values of the positions seen so far, preallocated for the whole context.
 
@@ -238,18 +259,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self._hidden(idx))  # (B, T, V)
         if targets is None:
             return logits, None
-        if targets.shape != idx.shape:
-            raise ValueError(
-                f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}"
-            )
-        total = F.cross_entropy(
-            logits.view(-1, logits.size(-1)),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        count = (targets != IGNORE_INDEX).sum().clamp(min=1)
-        return logits, total / count
+        return logits, next_token_loss(logits, targets)
 
     @torch.no_grad()
     def generate(

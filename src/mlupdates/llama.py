@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlupdates.gpt import IGNORE_INDEX
+from mlupdates.gpt import next_token_loss
 from mlupdates.rope import rope_angles
 
 Norm = Literal["rms", "layer"]
@@ -328,17 +328,7 @@ class Llama(nn.Module):
         logits = self.output(self.norm(x))  # (B, T, V)
         if targets is None:
             return logits, None
-        if targets.shape != idx.shape:
-            raise ValueError(
-                f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}"
-            )
-        total = F.cross_entropy(
-            logits.view(-1, logits.size(-1)),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        return logits, total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        return logits, next_token_loss(logits, targets)
 
 
 # --- Hugging Face layout ------------------------------------------------------------------
