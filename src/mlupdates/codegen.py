@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mlupdates.evaluate import generate_continuations
 from mlupdates.tokenizer import BPETokenizer
 
 #: Numbers 2-9 as the docstrings write them.
@@ -245,22 +246,19 @@ def sample_completions(
     if n < 1:
         raise ValueError(f"n={n} must be at least 1 sample per prompt")
     eot = tok.special_tokens["<|endoftext|>"]
-    encoded = [tok.encode(p) for p in prompts]
-    groups: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        groups.setdefault(len(ids), []).append(i)
-    device = next(model.parameters()).device
-    out: list[list[str]] = [[] for _ in prompts]
-    for length, rows in sorted(groups.items()):
-        idx = torch.tensor([encoded[i] for i in rows], device=device).repeat_interleave(n, dim=0)
-        sequences = model.generate(
-            idx, max_new_tokens, temperature=temperature, generator=generator
-        )  # (len(rows) * n, length + max_new_tokens)
-        for j, row in enumerate(sequences[:, length:].tolist()):
-            if eot in row:
-                row = row[: row.index(eot)]
-            out[rows[j // n]].append(completion_body(tok.decode(row)))
-    return out
+    continuations = generate_continuations(
+        model,
+        tok,
+        prompts,
+        num_samples=n,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        generator=generator,
+    )
+    return [
+        [completion_body(tok.decode(row[: row.index(eot)] if eot in row else row)) for row in rows]
+        for rows in continuations
+    ]
 
 
 # --- execution -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ of distinct answers among samples (diversity), and the majority vote of self-con
 (Wang et al., arXiv:2203.11171).
 
 The book's GPT has no attention mask, so prompts of different lengths cannot share a
-left-padded batch. :func:`generate_answers` therefore groups the prompts by token length
+left-padded batch. :func:`generate_continuations` therefore groups the prompts by token length
 and generates one batch per group; :func:`first_token_confidence` pads on the right, which
 a causal model never looks at from earlier positions.
 """
@@ -30,6 +30,45 @@ def _by_length(encoded: Sequence[list[int]]) -> dict[int, list[int]]:
 
 
 @torch.no_grad()
+def generate_continuations(
+    model: torch.nn.Module,
+    tok: BPETokenizer,
+    prompts: Sequence[str],
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 6,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[list[int]]]:
+    """The new token ids of ``num_samples`` continuations per prompt, in prompt order.
+
+    Prompts are grouped by token length (shortest first) and each group, every prompt
+    repeated ``num_samples`` times, is generated as one batch. ``temperature=0`` is
+    greedy, so every sample is the same.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be at least 1")
+    encoded = [tok.encode(p) for p in prompts]
+    device = next(model.parameters()).device
+    out: list[list[list[int]]] = [[] for _ in prompts]
+    for length, rows in sorted(_by_length(encoded).items()):
+        idx = torch.tensor([encoded[i] for i in rows], device=device)  # (n, length)
+        idx = idx.repeat_interleave(num_samples, dim=0)  # (n * num_samples, length)
+        sequences = model.generate(
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+        )
+        for j, row in enumerate(sequences[:, length:].tolist()):
+            out[rows[j // num_samples]].append(row)
+    return out
+
+
 def generate_answers(
     model: torch.nn.Module,
     tok: BPETokenizer,
@@ -45,27 +84,20 @@ def generate_answers(
     """``num_samples`` extracted answers per prompt, decoded with the given settings.
 
     Returns one list of answers (see :func:`mlupdates.chat.extract_answer`) per prompt, in
-    the order of ``prompts``. ``temperature=0`` is greedy, so every sample is the same.
+    the order of ``prompts``; the continuations come from :func:`generate_continuations`.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be at least 1")
-    encoded = [tok.encode(p) for p in prompts]
-    device = next(model.parameters()).device
-    answers: list[list[str]] = [[] for _ in prompts]
-    for length, rows in sorted(_by_length(encoded).items()):
-        idx = torch.tensor([encoded[i] for i in rows], device=device)  # (n, length)
-        idx = idx.repeat_interleave(num_samples, dim=0)  # (n * num_samples, length)
-        out = model.generate(
-            idx,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-        )
-        for j, row in enumerate(out[:, length:].tolist()):
-            answers[rows[j // num_samples]].append(extract_answer(tok.decode(row)))
-    return answers
+    continuations = generate_continuations(
+        model,
+        tok,
+        prompts,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+    )
+    return [[extract_answer(tok.decode(row)) for row in rows] for rows in continuations]
 
 
 @torch.no_grad()
