@@ -140,34 +140,19 @@ class Flow:
             step = self.steps[name]
             kwargs = {i: values[i] for i in step.inputs}
             start = time.perf_counter()
+            error: str | None = None
             try:
                 output = step.fn(**kwargs)
-            except Exception as error:  # a failed step ends this run, not the batch
-                seconds = time.perf_counter() - start
-                message = f"{type(error).__name__}: {error}"
-                run.spans.append(
-                    Span(
-                        name,
-                        start - t0,
-                        seconds,
-                        {k: short(v) for k, v in kwargs.items()},
-                        "",
-                        message,
-                    )
-                )
-                run.error = f"step {name!r} failed: {message}"
-                return run
+            except Exception as exc:  # a failed step ends this run, not the batch
+                error = f"{type(exc).__name__}: {exc}"
             seconds = time.perf_counter() - start
+            view = {k: short(v) for k, v in kwargs.items()}
+            if error is not None:
+                run.spans.append(Span(name, start - t0, seconds, view, "", error))
+                run.error = f"step {name!r} failed: {error}"
+                return run
             values[name] = run.outputs[name] = output
-            run.spans.append(
-                Span(
-                    name,
-                    start - t0,
-                    seconds,
-                    {k: short(v) for k, v in kwargs.items()},
-                    short(output),
-                )
-            )
+            run.spans.append(Span(name, start - t0, seconds, view, short(output)))
         return run
 
 
