@@ -32,7 +32,7 @@ from mlupdates.chat import pad_batch, sft_example
 from mlupdates.gpt import GPT, GPTConfig
 from mlupdates.runtime import project_root
 from mlupdates.tokenizer import BPETokenizer
-from mlupdates.train import TrainConfig, row_batches, train
+from mlupdates.train import History, TrainConfig, row_batches, train
 from mlupdates.world import World, make_world
 
 #: The world of chapter 2: 50 people, 10 of them held out.
@@ -141,7 +141,7 @@ def _cached(name: str, build) -> GPT:
     return model.eval()
 
 
-def train_base(cfg: GPTConfig, **train_kwargs) -> tuple[GPT, object]:
+def train_base(cfg: GPTConfig, **train_kwargs) -> tuple[GPT, History]:
     """Initialise and pre-train the base model; returns the model and its History.
 
     Chapter 2 calls this directly (with an ``on_eval`` callback to sample text at each
@@ -160,7 +160,7 @@ def sft_batches(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     return pad_batch([sft_example(data.tokenizer, q) for q in data.world.qa(split)], data.eot)
 
 
-def train_assistant(base: GPT) -> tuple[GPT, object]:
+def train_assistant(base: GPT) -> tuple[GPT, History]:
     """Supervised fine-tuning of a copy of ``base`` on the "train" questions."""
     x, y = sft_batches("train")
     model = copy.deepcopy(base)
