@@ -14,7 +14,9 @@ or pre-built rows with :func:`row_batches`).
 Runs are deterministic: batches come from generators seeded by ``TrainConfig.seed`` and
 dropout draws from a forked global RNG seeded the same way, so the caller's random state is
 left untouched and the same call gives the same history (with
-:func:`mlupdates.runtime.setup` fixing threads and kernels).
+:func:`mlupdates.runtime.setup` fixing threads and kernels). Left at ``None``, the seed is
+stream 0 of the chapter's seed (:func:`mlupdates.runtime.seed_for`), so ``MLUPDATES_SEED``
+reaches every run; the validation windows use stream 1.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mlupdates import runtime
 from mlupdates.gpt import IGNORE_INDEX
 
 Batch = tuple[Tensor, Tensor]
@@ -47,7 +50,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global gradient norm; None turns clipping off
     eval_every: int = 50
     eval_batches: int = 4
-    seed: int = 0
+    seed: int | None = None  # None: the chapter's stream 0 (validation windows: stream 1)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
@@ -63,7 +66,7 @@ class TrainConfig:
             raise ValueError(f"betas={self.betas} must lie in [0, 1)")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip={self.grad_clip} must be positive or None")
-        if self.seed < 0:
+        if self.seed is not None and self.seed < 0:
             raise ValueError(f"seed={self.seed} must be non-negative")
 
 
@@ -239,11 +242,13 @@ def train(
     """
     cfg = cfg or TrainConfig()
     device = next(model.parameters()).device
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    seed = runtime.seed_for(0) if cfg.seed is None else cfg.seed
+    val_seed = runtime.seed_for(1) if cfg.seed is None else cfg.seed + 1
+    batch_gen = torch.Generator().manual_seed(seed)
     if isinstance(train_data, Tensor):
         train_data = batches(train_data, cfg.batch_size, model.config.context, batch_gen)
     if isinstance(val_data, Tensor):
-        val_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        val_gen = torch.Generator().manual_seed(val_seed)
         stream = batches(val_data, cfg.batch_size, model.config.context, val_gen)
         val_data = [next(stream) for _ in range(cfg.eval_batches)]
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
@@ -252,7 +257,7 @@ def train(
     fork_devices = [device] if device.type == "cuda" else []
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=fork_devices):  # dropout: seeded, caller's RNG untouched
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         model.train()
         for step in range(cfg.steps):
             lr = lr_at(
