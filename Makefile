@@ -12,7 +12,7 @@ PYTEST_ARGS := -n 2 --dist loadfile --nbval --nbval-current-env \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300 \
 	--durations 5 tests notebooks
 
-.PHONY: help env test lint notebook notebooks bench book check clean
+.PHONY: help env test lint notebook notebooks bench seeds book check clean
 
 help:
 	@echo "make test                 set up .venv if needed, run every test (CI runs this)"
@@ -21,7 +21,9 @@ help:
 	@echo "make notebooks            re-execute every notebook (safely)"
 	@echo "make check                the book checks alone (seconds)"
 	@echo "make lint                 ruff"
-	@echo "make bench                wall time and peak memory of every notebook"
+	@echo "make bench                every notebook's time in reference units, and peak memory"
+	@echo "make seeds                every assertion under seeds 0-4 and the alternative kernels"
+	@echo "                          (NB=02-llm for one notebook; SEEDS=0-4; ~30 min for all)"
 
 # The environment: exact pins in pyproject.toml, everything else pinned by constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
@@ -41,7 +43,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks conftest.py
 	$(VENV)/bin/ruff format --check src tests benchmarks conftest.py
 
-notebook: $(STAMP)
+note# Every chapter under seeds 0-4 and under the alternative float kernels; replaces nothing.
+SEEDS ?= 0-4
+seeds: $(STAMP)
+	$(PY) -m mlupdates.seeds --seeds $(SEEDS) $(if $(NB),notebooks/$(NB).ipynb,$(NOTEBOOKS))
+
+book: $(STAMP)
 	@test -n "$(NB)" || { echo "usage: make notebook NB=01-transformer"; exit 2; }
 	$(PY) -m mlupdates.execution notebooks/$(NB).ipynb
 
@@ -50,6 +57,11 @@ notebooks: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/notebooks.py $(NOTEBOOKS)
+
+# Every chapter under seeds 0-4 and under the alternative float kernels; replaces nothing.
+SEEDS ?= 0-4
+seeds: $(STAMP)
+	$(PY) -m mlupdates.seeds --seeds $(SEEDS) $(if $(NB),notebooks/$(NB).ipynb,$(NOTEBOOKS))
 
 book: $(STAMP)
 	@quarto=$$(bash tools/find-quarto.sh $(PY) $(QUARTO_MIN)) || exit 1; \

@@ -18,7 +18,7 @@ ignores it), whose name carries a hash of the recipe, the seed and the platform 
 (:func:`mlupdates.runtime.platform_fingerprint`, which covers the torch version and device),
 so a changed recipe, another seed or weights trained under other float kernels are never
 loaded. Two processes that need the same model at once build it once (a file lock). Set
-``MLUPDATES_NO_CACHE=1`` to always re-train.
+``MLUPDATES_NO_CACHE=1`` to always re-train, ``MLUPDATES_CACHE_DIR`` to keep the cache elsewhere.
 
 Chapter 2 trains with exactly these constants (it imports them), so the text of chapter 2 and
 the models later chapters use cannot drift apart.
@@ -165,8 +165,10 @@ def _recipe_key(name: str, seed: int = 0, fingerprint: str | None = None) -> str
 
 
 def cache_dir() -> Path:
-    """Where trained recipe weights are kept: ``<repository>/.cache/recipes``."""
-    return project_root() / ".cache" / "recipes"
+    """Where trained recipe weights are kept: ``MLUPDATES_CACHE_DIR``, else
+    ``<repository>/.cache/recipes`` (``make bench`` points it at an empty folder)."""
+    override = os.environ.get("MLUPDATES_CACHE_DIR")
+    return Path(override) if override else project_root() / ".cache" / "recipes"
 
 
 @contextmanager
