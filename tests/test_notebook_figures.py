@@ -24,6 +24,7 @@ def run_nbval(book: Path) -> subprocess.CompletedProcess:
             "-m",
             "pytest",
             "-q",
+            "-rfE",
             "-p",
             "no:cacheprovider",
             "--nbval",

@@ -18,6 +18,10 @@ problem with the file it is in:
 - ``sections``: no heading is followed directly by another heading or the end of the page.
 - ``seed``: every section of the 2023 source notebook has a home (``tests/data``).
 - ``execution``: notebooks are executed top to bottom in one kernel, without errors.
+- ``platform``: each notebook's record of which cells depend on float rounding (written by
+  ``make notebook``) is current: no cell edited since, every cell whose outputs changed under
+  the alternative kernels tagged ``platform-dependent`` and no other
+  (:func:`mlupdates.reproduction.stale_classification`).
 
 Run ``python -m mlupdates.bookcheck [ROOT]`` to print every problem (exit status 1 if any).
 """
@@ -429,6 +433,15 @@ def check_execution(book: Book) -> Iterator[Problem]:
                     )
 
 
+def check_platform(book: Book) -> Iterator[Problem]:
+    from mlupdates.reproduction import stale_classification  # imports nbformat/nbclient
+
+    for page in book.pages:
+        if page.is_notebook:
+            for message in stale_classification(book.root / page.path, book.root):
+                yield Problem("platform", str(page.path), message)
+
+
 CHECKS: dict[str, Callable[[Book], Iterator[Problem]]] = {
     "chapters": check_chapters,
     "labels": check_labels,
@@ -438,6 +451,7 @@ CHECKS: dict[str, Callable[[Book], Iterator[Problem]]] = {
     "sections": check_sections,
     "seed": check_seed,
     "execution": check_execution,
+    "platform": check_platform,
 }
 
 

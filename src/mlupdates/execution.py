@@ -175,7 +175,7 @@ def platform_description(env: Mapping[str, str] | None = None) -> dict[str, obje
 # --------------------------------------------------------------------------- comparing
 
 
-def _sanitize_patterns(root: Path) -> list[tuple[re.Pattern[str], str]]:
+def sanitize_patterns(root: Path) -> list[tuple[re.Pattern[str], str]]:
     """The regex replacements of nbval's sanitize file, applied the way nbval applies them."""
     path = root / SANITIZE_FILE
     if not path.is_file():
@@ -274,7 +274,7 @@ def classify(
     ``nb`` and ``alt`` are the same notebook executed natively and under the alternative
     kernels; ``figures`` and ``alt_figures`` hold the PNGs each drew.
     """
-    patterns = _sanitize_patterns(root)
+    patterns = sanitize_patterns(root)
     if len(nb.cells) != len(alt.cells):
         raise ValueError("the two runs have different cells")
     fig_native, fig_alt = figure_digests(figures), figure_digests(alt_figures)
