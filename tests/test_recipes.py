@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mlupdates import recipes
+from mlupdates import recipes, runtime
 from mlupdates.train import TrainConfig
 
 TINY = TrainConfig(steps=3, batch_size=4, lr=1e-3, min_lr=1e-4, warmup_steps=1, eval_every=3)
@@ -60,8 +60,39 @@ def test_models_are_fresh_copies(tiny_recipe):
     assert not _same(a, recipes.base_model())
 
 
-def test_changed_recipe_changes_the_cache_key(monkeypatch):
+def test_changed_recipe_seed_or_platform_changes_the_cache_key(monkeypatch):
     key = recipes._recipe_key("base")
     assert recipes._recipe_key("assistant") != key
+    assert recipes._recipe_key("base", seed=1) != key
+    assert recipes._recipe_key("base", fingerprint="0123456789ab") != key
+    assert recipes._recipe_key("base", fingerprint=runtime.platform_fingerprint()) == key
     monkeypatch.setattr(recipes, "BASE_TRAINING", TINY)
     assert recipes._recipe_key("base") != key
+
+
+def test_the_chapter_seed_reaches_the_world_and_the_weights(tiny_recipe, monkeypatch):
+    assert recipes.world_kwargs(0)["seed"] == 0  # seed 0: the world chapter 2 was written with
+    other = recipes.corpus(seed=2)
+    assert other.world.seed == 2 * runtime.SEED_STRIDE
+    assert [p.name for p in other.world.people] != [p.name for p in recipes.corpus(0).world.people]
+    monkeypatch.setenv("MLUPDATES_SEED", "2")
+    runtime.setup(notebook="00-test")
+    try:
+        assert recipes.corpus() is other  # the default follows the chapter's seed
+        assert not _same(recipes.base_model(), recipes.base_model(seed=0))
+        assert len(list(tiny_recipe.glob("base-*.pt"))) == 2  # one file per seed
+    finally:
+        monkeypatch.delenv("MLUPDATES_SEED")
+        runtime.setup(notebook="00-test")
+
+
+def test_base_run_keeps_history_and_probe_samples_through_the_cache(tiny_recipe):
+    first = recipes.base_run()
+    assert sorted(first.samples) == [3] and first.samples[3].startswith(recipes.probe_text())
+    assert first.history.column("step") == [3] and len(first.history.step_losses) == 3
+    recipes._base.cache_clear()
+    loaded = recipes.base_run()
+    assert loaded.samples == first.samples
+    assert loaded.history.records == first.history.records
+    assert loaded.history.step_losses == first.history.step_losses
+    assert _same(loaded.model, first.model)

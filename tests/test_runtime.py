@@ -1,4 +1,6 @@
+import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -58,3 +60,56 @@ def test_project_root_walks_up(tmp_path):
     assert runtime.project_root(deep) == tmp_path.resolve()
     with pytest.raises(FileNotFoundError, match=r"no _quarto\.yml"):
         runtime.project_root(tmp_path.parent)
+
+
+def test_streams_keep_seed_zero_and_separate_other_seeds(monkeypatch):
+    monkeypatch.delenv("MLUPDATES_SEED", raising=False)
+    rt = runtime.setup(notebook="00-test")
+    assert [rt.seed_for(k) for k in (0, 1, 7)] == [0, 1, 7]  # today's constants under seed 0
+    assert torch.equal(
+        torch.randn(4, generator=rt.generator(7)),
+        torch.randn(4, generator=torch.Generator().manual_seed(7)),
+    )
+    three = runtime.setup(notebook="00-test", seed=3)
+    streams = {three.seed_for(k) for k in range(100)}
+    assert len(streams) == 100 and not streams & {rt.seed_for(k) for k in range(100)}
+    assert runtime.seed_for(5) == three.seed_for(5) == 5 + 3 * runtime.SEED_STRIDE
+    assert runtime.resolve_seed(None, 5) == three.seed_for(5) and runtime.resolve_seed(11, 5) == 11
+    with pytest.raises(ValueError, match="stream=-1"):
+        rt.seed_for(-1)
+    with pytest.raises(ValueError, match="seed=-2"):
+        runtime.resolve_seed(-2)
+
+
+def test_seed_environment_overrides_the_argument_and_reaches_child_processes(monkeypatch):
+    monkeypatch.setenv("MLUPDATES_SEED", "4")
+    assert runtime.setup(notebook="00-test", seed=1).seed == 4
+    monkeypatch.setattr(runtime, "_current", None)  # a torchrun worker that never called setup
+    assert runtime.chapter_seed() == 4 and runtime.seed_for(2) == 2 + 4 * runtime.SEED_STRIDE
+    for bad in ("-1", "three"):
+        monkeypatch.setenv("MLUPDATES_SEED", bad)
+        with pytest.raises(ValueError, match="MLUPDATES_SEED"):
+            runtime.setup(notebook="00-test")
+    monkeypatch.setenv("MLUPDATES_SEED", "")
+    assert runtime.setup(notebook="00-test").seed == 0
+
+
+def test_platform_fingerprint_is_stable_here_and_changes_with_the_kernels(monkeypatch):
+    import subprocess
+    import sys
+
+    from mlupdates.runtime import ALT_KERNELS
+
+    here = runtime.platform_fingerprint("cpu", 1)
+    assert re.fullmatch(r"[0-9a-f]{12}", here)
+    runtime._fingerprint.cache_clear()
+    assert runtime.platform_fingerprint("cpu", 1) == here  # recomputed, same bits
+    assert runtime.platform_fingerprint("cpu", 2) != here  # thread count is part of it
+    code = "from mlupdates.runtime import platform_fingerprint as f; print(f('cpu', 1))"
+    for switch, value in ALT_KERNELS.items():  # each switch alone changes how floats round
+        env = {k: v for k, v in os.environ.items() if k not in ALT_KERNELS}
+        env[switch] = value
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+        assert out != here, switch
