@@ -90,3 +90,22 @@ def scramble(model: torch.nn.Module, seed: int = 1) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.dim() == 1 else 0.0))
+
+
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+def assert_close_f32(actual: torch.Tensor, expected: torch.Tensor, ulps: float = 64) -> None:
+    """Equal up to float32 rounding, wherever the rounding happens.
+
+    Two correct computations that add in different orders (another BLAS code path, another
+    CPU, a fused kernel) differ by a few units in the last place *of the largest values they
+    accumulate*, so the tolerance scales with ``max |expected|``: ``ulps`` float32 epsilons of
+    it. A bug moves outputs by a sizeable fraction of that scale, far beyond the tolerance;
+    a fixed ``atol=1e-6`` would instead fail on correct logits near 10 and pass a bug in
+    values near 1e-3.
+    """
+    scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
+    torch.testing.assert_close(
+        actual, expected, rtol=0.0, atol=ulps * FLOAT32_EPS * max(scale, 1e-30)
+    )

@@ -159,7 +159,7 @@ def test_evaluate_weights_batches_by_counted_tokens():
     with torch.no_grad():
         l_all, l_few = model(x, y)[1].item(), model(x, y_few)[1].item()
     expected = (l_all * 32 + l_few * 8) / 40
-    assert evaluate(model, [(x, y), (x, y_few)]) == pytest.approx(expected, rel=1e-6)
+    assert evaluate(model, [(x, y), (x, y_few)]) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="no target tokens"):
         evaluate(model, [(x, torch.full_like(y, -100))])
 
