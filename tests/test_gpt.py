@@ -258,3 +258,10 @@ def test_load_gpt2_state_dict_rejects_mismatch():
     state.pop("transformer.ln_f.bias")
     with pytest.raises(ValueError, match="missing"):
         load_gpt2_state_dict(model, state)
+
+
+def test_float32_tolerance_scales_with_the_values_and_catches_bugs():
+    logits = torch.linspace(-13.0, 13.0, 257)
+    assert_close_f32(logits.nextafter(torch.full_like(logits, 99.0)), logits)  # one ulp apart
+    with pytest.raises(AssertionError):
+        assert_close_f32(logits + 1e-3, logits)  # a bug far smaller than the values
