@@ -10,6 +10,9 @@
 --    squeezed at the foot of the page; the filter hands it to the part page (book-part in
 --    typst-show.typ), which sets it under the part title.
 --
+-- 4. The "Appendices" divider orange-book's filter writes as an empty chapter: drawn as a
+--    part page instead (book-appendices).
+--
 -- Runs after orange-book's filter (post-render), for Typst output only.
 
 if not quarto.doc.is_format("typst") then
@@ -58,7 +61,8 @@ local function starts_chapter(block)
   return false
 end
 
--- #part[Title] followed by the part page's paragraphs -> #book-part[Title][paragraphs]
+-- #part[Title] followed by the part page's paragraphs -> #book-part[Title][paragraphs];
+-- the heading after #show: appendices -> #book-appendices[Title]
 local function part_pages(blocks)
   local out = pandoc.List()
   local i = 1
@@ -66,7 +70,14 @@ local function part_pages(blocks)
     local block = blocks[i]
     local title = block.t == "RawBlock" and block.format == "typst"
       and block.text:match("^#part%[(.*)%]%s*$")
-    if title then
+    local previous = blocks[i - 1]
+    local divider = block.t == "RawBlock" and block.format == "typst"
+      and previous and previous.t == "RawBlock" and previous.text:match("^#show: appendices")
+      and block.text:match("^#heading%(level: 1, numbering: none%)%[(.*)%]%s*$")
+    if divider then
+      out:insert(pandoc.RawBlock("typst", "#book-appendices[" .. divider .. "]"))
+      i = i + 1
+    elseif title then
       out:insert(pandoc.RawBlock("typst", "#book-part[" .. title .. "]["))
       i = i + 1
       while i <= #blocks and not starts_chapter(blocks[i]) do
