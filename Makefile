@@ -43,12 +43,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks conftest.py
 	$(VENV)/bin/ruff format --check src tests benchmarks conftest.py
 
-note# Every chapter under seeds 0-4 and under the alternative float kernels; replaces nothing.
-SEEDS ?= 0-4
-seeds: $(STAMP)
-	$(PY) -m mlupdates.seeds --seeds $(SEEDS) $(if $(NB),notebooks/$(NB).ipynb,$(NOTEBOOKS))
-
-book: $(STAMP)
+notebook: $(STAMP)
 	@test -n "$(NB)" || { echo "usage: make notebook NB=01-transformer"; exit 2; }
 	$(PY) -m mlupdates.execution notebooks/$(NB).ipynb
 
