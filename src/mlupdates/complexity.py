@@ -67,10 +67,19 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
         fn()
     times = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
         fn()
+        _synchronize()  # GPU kernels run asynchronously: wait for them before reading the clock
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    if torch.backends.mps.is_available():
+        torch.mps.synchronize()
 
 
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
