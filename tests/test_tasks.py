@@ -105,8 +105,9 @@ def test_training_follows_the_chapter_seed(monkeypatch):
     def run(env_seed, **kwargs):
         monkeypatch.setenv("MLUPDATES_SEED", str(env_seed))
         torch.manual_seed(0)
-        cfg = TransformerConfig(vocab_size=task.vocab_size, d_model=16, n_heads=2, d_ff=32,
-                                dropout=0.0)
+        cfg = TransformerConfig(
+            vocab_size=task.vocab_size, d_model=16, n_heads=2, d_ff=32, dropout=0.0
+        )
         model = Seq2SeqTransformer(cfg)
         train_seq2seq(model, task, steps=3, batch_size=4, **kwargs)
         return torch.cat([p.detach().flatten() for p in model.parameters()])
