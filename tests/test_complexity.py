@@ -8,6 +8,7 @@ from mlupdates.attention import scaled_dot_product_attention
 from mlupdates.complexity import (
     VASWANI_TABLE1,
     count_flops,
+    cpu_seconds,
     loglog_slope,
     median_seconds,
     saved_activation_bytes,
@@ -54,3 +55,19 @@ def test_median_seconds_and_table():
         median_seconds(lambda: None, repeats=0)
     assert [row[0] for row in VASWANI_TABLE1][:2] == ["Self-attention", "Recurrent"]
     assert VASWANI_TABLE1[1][2] == "$O(n)$"  # recurrence: n sequential operations
+
+
+def test_cpu_seconds_counts_computing_not_waiting():
+    import time
+
+    def busy(seconds):
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    # sleeping (as when another program holds the processor) costs no processor time
+    assert cpu_seconds(lambda: time.sleep(0.02), repeats=2, warmup=0) < 0.01
+    assert cpu_seconds(lambda: busy(0.02), repeats=2, warmup=0) >= 0.02
+    assert median_seconds(lambda: time.sleep(0.02), repeats=2) >= 0.02  # wall time does
+    with pytest.raises(ValueError, match="repeats=0"):
+        cpu_seconds(lambda: None, repeats=0)

@@ -186,3 +186,13 @@ def test_data_mixture_columns_agree_with_each_other():
     for source, d in LLAMA_DATA.items():
         per_pass = d["proportion"] * LLAMA_TOTAL_TOKENS / d["epochs"]
         assert 2.5 < d["disk_bytes"] / per_pass < 4.5, source
+
+
+@pytest.mark.parametrize("variant", ["rope", "learned"])
+def test_meta_count_equals_a_real_model_and_real_models_are_initialised(variant):
+    cfg = LlamaConfig(**{**TINY.__dict__, "positions": variant})
+    model = tiny_model(positions=variant)
+    assert count_parameters(cfg) == model.num_parameters()
+    # the meta shortcut must not leak into real models: weights drawn with std 0.02
+    std = model.layers[0].attention.wq.weight.std().item()
+    assert 0.01 < std < 0.03

@@ -66,3 +66,22 @@ def test_lstm_seq2seq_generate_agrees_with_teacher_forcing():
         model.generate(src, 0)
     with pytest.raises(ValueError, match="hidden_size=0"):
         LSTMSeq2Seq(6, hidden_size=0)
+
+
+def test_gradient_probe_inputs_follow_the_chapter_seed(monkeypatch):
+    from mlupdates import runtime
+
+    monkeypatch.setattr(runtime, "_current", None)
+    torch.manual_seed(0)
+    layer = make_recurrent("rnn", 4, 8)
+
+    def probe(env_seed, **kwargs):
+        monkeypatch.setenv("MLUPDATES_SEED", str(env_seed))
+        layer.zero_grad()
+        return gradient_by_distance(layer, 10, 4, **kwargs)
+
+    seed0 = probe(0)
+    assert torch.equal(seed0, probe(0, seed=0))  # seed 0 keeps the old draws
+    assert torch.equal(seed0, probe(4, seed=0))  # an explicit seed is literal
+    assert not torch.equal(seed0, probe(4))
+    assert seed0.device.type == "cpu"  # returned on the CPU, ready for numpy

@@ -47,3 +47,9 @@ def test_errors():
         apply_rope(torch.randn(3, 4), torch.arange(4))
     with pytest.raises(ValueError, match="head_dim=3"):
         rope_angles(4, 3)
+
+
+def test_apply_rope_keeps_the_device_and_dtype_of_its_input():
+    x = torch.randn(2, 5, 8).to("meta")  # the meta device stands in for a GPU: no CPU mixing
+    y = apply_rope(x, torch.arange(5))
+    assert y.device.type == "meta" and y.dtype == x.dtype and y.shape == x.shape

@@ -292,7 +292,9 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = make_norm(config) if config.prenorm else nn.Identity()
         self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)  # not tied
-        self.apply(self._init_weights)  # on the meta device these calls do nothing
+        if self.output.weight.is_meta:  # shapes only (count_parameters): nothing to draw
+            return
+        self.apply(self._init_weights)
         for name, p in self.named_parameters():  # residual projections, as in GPT-2
             if name.endswith(("wo.weight", "w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))

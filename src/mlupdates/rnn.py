@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mlupdates import runtime
+
 
 class ElmanRNN(nn.Module):
     """Single-layer tanh RNN written as the loop it is, one time step per iteration.
@@ -71,22 +73,25 @@ def make_recurrent(kind: str, input_size: int, hidden_size: int) -> nn.Module:
 
 
 def gradient_by_distance(
-    layer: nn.Module, length: int, input_size: int, batch: int = 32, seed: int = 0
+    layer: nn.Module, length: int, input_size: int, batch: int = 32, seed: int | None = None
 ) -> Tensor:
     """Norm of ``d(sum of last output) / d x(T - d)`` for ``d = 0 .. length-1``.
 
     Back-propagation through time multiplies one Jacobian per step; if those have norm
     below one the product, and with it the learning signal from distant inputs, shrinks
     exponentially with distance. Entry ``d`` of the result is the gradient norm (over the
-    batch and input features) for the input ``d`` steps before the output.
+    batch and input features) for the input ``d`` steps before the output. The inputs are
+    drawn on the CPU from ``seed`` (default: stream 0 of the chapter's seed) and moved to
+    the layer's device; the result is returned on the CPU.
     """
     if length < 2:
         raise ValueError(f"length={length} must be at least 2")
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, length, input_size, generator=gen, requires_grad=True)
+    gen = torch.Generator().manual_seed(runtime.resolve_seed(seed, 0))
+    device = next(layer.parameters()).device
+    x = torch.randn(batch, length, input_size, generator=gen).to(device).requires_grad_()
     out, _ = layer(x)
     out[:, -1].sum().backward()
-    return x.grad.norm(dim=(0, 2)).flip(0).detach()
+    return x.grad.norm(dim=(0, 2)).flip(0).detach().cpu()
 
 
 class LSTMSeq2Seq(nn.Module):

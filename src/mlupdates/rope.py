@@ -40,8 +40,10 @@ def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0
         positions = torch.arange(L)
     if positions.shape != (L,):
         raise ValueError(f"positions must have shape ({L},), got {tuple(positions.shape)}")
+    # Angles in float64 on the CPU (MPS has no float64), then to x's device and dtype.
     theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    angles = (positions.to(torch.float64)[:, None] * theta).to(x.dtype)  # (L, d/2)
+    angles = positions.cpu().to(torch.float64)[:, None] * theta
+    angles = angles.to(device=x.device, dtype=x.dtype)  # (L, d/2)
     cos, sin = angles.cos(), angles.sin()
     x1, x2 = x[..., 0::2], x[..., 1::2]
     out = torch.empty_like(x)

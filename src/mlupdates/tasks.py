@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlupdates import runtime
+
 BOS = 0  #: start-of-sequence token fed to the decoder at its first step
 
 
@@ -68,6 +70,13 @@ class SequenceTask:
         return src, tgt.clone()
 
 
+def model_device(model: object) -> torch.device:
+    """Device of the model's first parameter; the CPU for a model without parameters."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if callable(parameters) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
 def teacher_forcing_input(tgt: Tensor, bos: int = BOS) -> Tensor:
     """The decoder's input during training: the target shifted right behind ``bos``."""
     return torch.cat([torch.full_like(tgt[:, :1], bos), tgt[:, :-1]], dim=1)
@@ -100,7 +109,7 @@ def train_seq2seq(
     steps: int = 600,
     batch_size: int = 64,
     lr: float = 3e-3,
-    seed: int = 0,
+    seed: int | None = None,
     clip: float = 1.0,
 ) -> TrainSummary:
     """Train ``model`` with teacher forcing and Adam, one random length per step.
@@ -108,12 +117,15 @@ def train_seq2seq(
     The learning rate warms up linearly over the first 10 % of steps and then decays on
     a cosine to zero: the usual recipe for transformers, applied unchanged to the
     recurrent baseline so that the comparison is about the architecture, not the recipe.
+    Batches are drawn on the CPU from ``seed`` (default: stream 0 of the chapter's seed),
+    so every device sees the same data, and moved to the device of the model's parameters.
     """
     if steps < 1:
         raise ValueError(f"steps={steps} must be positive")
     if lr <= 0:
         raise ValueError(f"lr={lr} must be positive")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(runtime.resolve_seed(seed, 0))
+    device = model_device(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -129,6 +141,7 @@ def train_seq2seq(
     for _ in range(steps):
         length = int(torch.randint(task.min_len, task.max_len + 1, (1,), generator=gen))
         src, tgt = task.batch(batch_size, length, gen)
+        src, tgt = src.to(device), tgt.to(device)
         logits = model(src, teacher_forcing_input(tgt))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -149,20 +162,24 @@ def exact_match_by_length(
     task: SequenceTask,
     lengths: list[int],
     n: int = 200,
-    seed: int = 12345,
+    seed: int | None = None,
 ) -> dict[int, float]:
     """Fraction of ``n`` held-out sequences per length that the model outputs exactly.
 
     Outputs come from greedy decoding (each generated token is fed back), not teacher
     forcing, so one early mistake counts the whole sequence wrong. The held-out
-    sequences come from their own generator ``seed``, separate from training.
+    sequences come from their own generator ``seed`` (default: stream 12345 of the
+    chapter's seed), separate from training, drawn on the CPU and moved to the model's
+    device.
     """
     if not lengths:
         raise ValueError("lengths must name at least one sequence length")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(runtime.resolve_seed(seed, 12345))
+    device = model_device(model)
     scores = {}
     for length in lengths:
         src, tgt = task.batch(n, length, gen)
+        src, tgt = src.to(device), tgt.to(device)
         out = model.generate(src, length)
         scores[length] = (out == tgt).all(dim=1).float().mean().item()
     return scores
