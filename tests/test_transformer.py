@@ -41,10 +41,13 @@ def test_generate_agrees_with_teacher_forcing():
 
 
 def test_trains_on_short_copy():
+    # 300 steps, not 150: at 150 the length-4 accuracy sat at 0.74-0.93 over seeds 0-4, so a
+    # CPU with other rounding could fall under 0.9; at 300 it is 0.99-1.0 on every seed, with
+    # native and portable kernels alike.
     torch.manual_seed(0)
     task = SequenceTask("copy", n_symbols=5, min_len=2, max_len=4)
     model = Seq2SeqTransformer(TransformerConfig(vocab_size=task.vocab_size, d_model=32))
-    summary = train_seq2seq(model, task, steps=150, batch_size=32, lr=5e-3)
+    summary = train_seq2seq(model, task, steps=300, batch_size=32, lr=5e-3)
     acc = exact_match_by_length(model, task, [2, 3, 4], n=100)
     assert summary.final_loss < 0.2 and min(acc.values()) > 0.9
 
