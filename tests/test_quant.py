@@ -298,3 +298,15 @@ def test_finetune_memory_errors():
         finetune_memory_gb(1e9, "qlora")
     with pytest.raises(ValueError, match="n_params=0 must be positive"):
         finetune_memory_gb(0, "full")
+
+
+def test_quantization_error_follows_the_chapter_seed(monkeypatch):
+    from mlupdates import runtime
+
+    monkeypatch.setattr(runtime, "_current", None)
+    monkeypatch.setenv("MLUPDATES_SEED", "0")
+    assert quantization_error("nf4", n=4096) == quantization_error("nf4", n=4096, seed=0)
+    monkeypatch.setenv("MLUPDATES_SEED", "2")
+    other = quantization_error("nf4", n=4096)
+    assert other == quantization_error("nf4", n=4096, seed=runtime.derive_seed(2, 0))
+    assert other != quantization_error("nf4", n=4096, seed=0)

@@ -155,3 +155,31 @@ def test_fit_and_accuracy_errors():
         fit_classifier(model, x, y)
     with pytest.raises(ValueError, match="rows"):
         classifier_accuracy(model, x[:0], y[:0])
+
+
+def test_split_and_batch_order_follow_the_chapter_seed(monkeypatch):
+    from mlupdates import runtime
+
+    monkeypatch.setattr(runtime, "_current", None)
+    monkeypatch.setenv("MLUPDATES_SEED", "0")
+    default0 = load_digits_split((0, 1))
+    assert torch.equal(default0.y_test, load_digits_split((0, 1), seed=0).y_test)
+    assert torch.equal(default0.x_train, load_digits_split((0, 1), seed=0).x_train)
+    monkeypatch.setenv("MLUPDATES_SEED", "1")
+    default1 = load_digits_split((0, 1))
+    explicit = load_digits_split((0, 1), seed=runtime.derive_seed(1, 0))
+    assert torch.equal(default1.x_train, explicit.x_train)
+    assert not torch.equal(default1.x_train, default0.x_train)  # another seed, another split
+
+
+def test_split_to_moves_every_tensor_and_keeps_the_classes():
+    split = load_digits_split((2, 3), n_train_per_class=3, seed=0)
+    moved = split.to("cpu")
+    assert moved.classes == (2, 3) and torch.equal(moved.x_test, split.x_test)
+    assert moved.to(torch.device("cpu")).y_train.device.type == "cpu"
+
+
+def test_reuse_puts_the_new_head_on_the_models_device():
+    model = DigitsCNN(n_classes=5).to("meta")  # a device other than the CPU, on any machine
+    new = reuse(model, "full", 3)
+    assert new.head.weight.device.type == "meta" and new.head.out_features == 3

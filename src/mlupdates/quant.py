@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlupdates import runtime
 from mlupdates.lora import Targets, check_targets, matches
 from mlupdates.memory import GB, training_bytes, weight_bytes
 
@@ -235,16 +236,17 @@ def quantization_error(
     n: int = 2**16,
     block_size: int = 64,
     double_quant: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> dict[str, float]:
     """Mean absolute and RMS error of quantising ``n`` standard-normal weights.
 
     The setting in which QLoRA argues NF4 is optimal: weights drawn from N(0, 1), blocks
-    of 64, absmax scaling. Deterministic for a given ``seed``.
+    of 64, absmax scaling. Deterministic for a given ``seed`` (default: stream 0 of the
+    running chapter's seed, :func:`mlupdates.runtime.resolve_seed`).
     """
     if n < 1:
         raise ValueError(f"n={n} must be at least 1")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(runtime.resolve_seed(seed, 0))
     w = torch.randn(n, generator=g)
     err = dequantize_blockwise(quantize(w, kind, block_size, double_quant)) - w
     return {"mean_abs": err.abs().mean().item(), "rms": err.pow(2).mean().sqrt().item()}

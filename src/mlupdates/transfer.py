@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mlupdates import runtime
 from mlupdates.distill import distillation_loss
 
 Mode = Literal["features", "partial", "full"]
@@ -78,16 +79,27 @@ class DigitsSplit:
     y_test: Tensor
     classes: tuple[int, ...]
 
+    def to(self, device: str | torch.device) -> DigitsSplit:
+        """The same split with its four tensors on ``device``."""
+        return DigitsSplit(
+            self.x_train.to(device),
+            self.y_train.to(device),
+            self.x_test.to(device),
+            self.y_test.to(device),
+            self.classes,
+        )
+
 
 def load_digits_split(
     classes: Sequence[int] = tuple(range(10)),
     n_train_per_class: int | None = None,
     test_fraction: float = 0.3,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> DigitsSplit:
     """A deterministic train/test split of the scikit-learn digits of ``classes``.
 
-    Each class is shuffled with ``seed`` and its first ``test_fraction`` goes to the test
+    Each class is shuffled with ``seed`` (default: stream 0 of the running chapter's seed,
+    :func:`mlupdates.runtime.resolve_seed`) and its first ``test_fraction`` goes to the test
     set, so the test set does not depend on ``n_train_per_class``: asking for fewer training
     images (the first ``n_train_per_class`` of the rest) leaves the test set unchanged and
     runs with different amounts of data stay comparable.
@@ -102,7 +114,7 @@ def load_digits_split(
     pixels, labels = digits_arrays()
     images = torch.tensor(pixels, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
     targets = torch.tensor(labels)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(runtime.resolve_seed(seed, 0))
     train_idx: list[Tensor] = []
     test_idx: list[Tensor] = []
     for c in classes:
@@ -165,7 +177,8 @@ def reuse(model: DigitsCNN, mode: Mode, n_classes: int) -> DigitsCNN:
     if n_classes < 2:
         raise ValueError(f"n_classes={n_classes} must be at least 2")
     new = copy.deepcopy(model)
-    new.head = nn.Linear(model.head.in_features, n_classes)
+    device = next(model.parameters()).device
+    new.head = nn.Linear(model.head.in_features, n_classes).to(device)  # drawn on the CPU
     new.requires_grad_(True)
     frozen = {"features": (new.features, new.hidden), "partial": (new.features,), "full": ()}
     for part in frozen[mode]:
@@ -196,7 +209,7 @@ def fit_classifier(
     batch_size: int = 32,
     lr: float = 3e-3,
     weight_decay: float = 0.0,
-    seed: int = 0,
+    seed: int | None = None,
     teacher: nn.Module | None = None,
     T: float = 4.0,
     alpha: float = 0.9,
@@ -206,7 +219,8 @@ def fit_classifier(
     Without a ``teacher`` the loss is cross-entropy on the labels. With one, it is Hinton
     et al.'s :func:`~mlupdates.distill.distillation_loss` with temperature ``T`` and weight
     ``alpha`` on the soft targets; the teacher's logits are computed once, in eval mode.
-    The order of the mini-batches depends only on ``seed``.
+    The order of the mini-batches depends only on ``seed`` (default: stream 0 of the running
+    chapter's seed); it is drawn on the CPU, so it is the same on every device.
     """
     if x.size(0) != y.size(0) or x.size(0) == 0:
         raise ValueError(f"x has {x.size(0)} rows and y {y.size(0)}; need the same, > 0")
@@ -223,7 +237,7 @@ def fit_classifier(
         with torch.no_grad():
             teacher_logits = teacher(x)  # (N, n_classes)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(runtime.resolve_seed(seed, 0))
     result = FitResult()
     model.train()
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -231,7 +245,7 @@ def fit_classifier(
         order = torch.randperm(x.size(0), generator=g)
         total = 0.0
         for i in range(0, x.size(0), batch_size):
-            rows = order[i : i + batch_size]
+            rows = order[i : i + batch_size].to(x.device)
             logits = model(x[rows])
             if teacher_logits is None:
                 loss = nn.functional.cross_entropy(logits, y[rows])
