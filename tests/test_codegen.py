@@ -141,3 +141,17 @@ def test_sample_completions_returns_n_bodies_per_prompt_repeatably():
     assert all(len(set(x)) == 1 for x in greedy) and greedy[0] == greedy[3]
     with pytest.raises(ValueError, match="n=0"):
         C.sample_completions(model, tok, prompts, n=0)
+
+
+def test_the_held_out_split_follows_the_chapter_seed(monkeypatch):
+    from mlupdates import runtime
+
+    monkeypatch.setattr(runtime, "_current", None)
+
+    def heldout(env_seed, **kwargs):
+        monkeypatch.setenv("MLUPDATES_SEED", str(env_seed))
+        return sorted({(p.family, p.number) for p in C.make_problems(**kwargs)[1]})
+
+    assert heldout(0) == heldout(3, seed=0)  # seed 0 keeps the old split; explicit is literal
+    assert heldout(3) == heldout(0, seed=runtime.derive_seed(3, 0))
+    assert heldout(3) != heldout(0)

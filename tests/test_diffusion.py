@@ -22,6 +22,8 @@ from mlupdates.diffusion import (
     train_diffusion,
 )
 
+from .conftest import assert_close_f32
+
 
 def reference(steps: int, kind: str) -> DDPMScheduler:
     return DDPMScheduler(
@@ -142,8 +144,16 @@ def test_guidance_combines_conditional_and_unconditional_noise():
     torch.nn.init.normal_(model.out[-1].weight)
     x, t, c = torch.randn(3, 64), torch.tensor([5, 5, 5]), torch.tensor([1, 2, 3])
     cond, uncond = model(x, t, c), model(x, t, torch.full_like(c, 10))
-    assert torch.allclose(guided_eps(model, x, t, c, 0.0), cond)
-    assert torch.allclose(guided_eps(model, x, t, c, 2.0), 3 * cond - 2 * uncond, atol=1e-6)
+    assert torch.equal(guided_eps(model, x, t, c, 0.0), cond)  # w = 0 is the conditional pass
+    # The guided pass batches both halves in one forward, so its rounding may differ from two
+    # separate passes by float32 ulps of the largest values (near 10 here), never by more.
+    assert cond.abs().max() > 1 and (cond - uncond).abs().max() > 0.1
+    assert_close_f32(guided_eps(model, x, t, c, 2.0), 3 * cond - 2 * uncond)
+    # the tolerance still separates the formula from near misses: (1 + w) eps_u - w eps_c,
+    # w eps_c - (w - 1) eps_u, or a guidance weight off by 5%
+    for wrong in (3 * uncond - 2 * cond, 2 * cond - uncond, 3.1 * cond - 2.1 * uncond):
+        with pytest.raises(AssertionError):
+            assert_close_f32(guided_eps(model, x, t, c, 2.0), wrong)
     with pytest.raises(ValueError, match="guidance"):
         guided_eps(model, x, t, c, -1.0)
 
@@ -185,3 +195,21 @@ def test_a_few_training_steps_reduce_the_loss_and_sampling_works():
         diffusion_loss(model, sched, x[:4], y[:4], p_uncond=1.5)
     with pytest.raises(ValueError, match="steps"):
         train_diffusion(model, sched, x, y, steps=0)
+
+
+def test_training_draws_follow_the_chapter_seed(monkeypatch):
+    from mlupdates import runtime
+
+    monkeypatch.setattr(runtime, "_current", None)
+    x, y = load_digits_data()
+    sched = NoiseSchedule.cosine(20)
+
+    def losses(env_seed, **kwargs):
+        monkeypatch.setenv("MLUPDATES_SEED", str(env_seed))
+        torch.manual_seed(0)
+        model = Denoiser(hidden=16, depth=1)
+        return train_diffusion(model, sched, x[:64], y[:64], steps=3, batch_size=8, **kwargs)
+
+    seed0 = losses(0)
+    assert seed0 == losses(0, seed=0) == losses(2, seed=0)  # seed 0 keeps the old draws
+    assert losses(2) != seed0

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from mlupdates.evaluate import generate_continuations
+from mlupdates.runtime import resolve_seed
 from mlupdates.tokenizer import BPETokenizer
 
 #: Numbers 2-9 as the docstrings write them.
@@ -187,7 +188,7 @@ def _problem(family: Family, number: int, arg: str, wording: int) -> Problem:
 
 
 def make_problems(
-    heldout_per_family: int = 2, seed: int = 0
+    heldout_per_family: int = 2, seed: int | None = None
 ) -> tuple[list[Problem], list[Problem]]:
     """All (family, number, argument name, wording) problems, split into train and test.
 
@@ -195,12 +196,13 @@ def make_problems(
     every problem with one of them goes to the test split; the training corpus therefore
     never shows, say, "plus seven", although it shows "seven" in other families and "plus"
     with other numbers. 9 families x 8 numbers x 4 names x 2 wordings = 576 problems.
+    ``seed`` draws the held-out numbers (default: stream 0 of the running chapter's seed).
     """
     if not 1 <= heldout_per_family < len(NUMBER_WORDS):
         raise ValueError(
             f"heldout_per_family={heldout_per_family} must be in [1, {len(NUMBER_WORDS) - 1}]"
         )
-    rng = random.Random(seed)
+    rng = random.Random(resolve_seed(seed, 0))
     train, test = [], []
     for family in FAMILIES:
         heldout = set(rng.sample(sorted(NUMBER_WORDS), heldout_per_family))

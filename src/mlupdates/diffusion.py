@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlupdates.runtime import resolve_seed
 from mlupdates.train import lr_at
 
 #: Side of the images (scikit-learn's digits are 8x8, with intensities 0..16).
@@ -269,9 +270,10 @@ def diffusion_loss(
     if not 0.0 <= p_uncond <= 1.0:
         raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
     batch = x0.size(0)
-    t = torch.randint(0, schedule.steps, (batch,), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator)
-    drop = torch.rand(batch, generator=generator) < p_uncond
+    # drawn on the CPU (a CPU generator gives the same draws on every device), then moved
+    t = torch.randint(0, schedule.steps, (batch,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    drop = (torch.rand(batch, generator=generator) < p_uncond).to(x0.device)
     labels = torch.where(drop, torch.full_like(labels, model.null_class), labels)
     x_t = schedule.q_sample(x0, t, noise)
     return F.mse_loss(model(x_t, t, labels), noise)
@@ -287,11 +289,13 @@ def train_diffusion(
     batch_size: int = 256,
     lr: float = 2e-3,
     p_uncond: float = 0.1,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> list[float]:
     """Train ``model`` with AdamW, a short warm-up and a cosine decay; returns each step's loss.
 
-    Batches and noise come from a generator seeded with ``seed``, so a run is repeatable.
+    Batches and noise come from a CPU generator seeded with ``seed`` (default: stream 0 of
+    the running chapter's seed), so a run is repeatable; ``x0`` and ``labels`` may live on
+    any device, the model's.
     """
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need steps={steps} >= 1, batch_size={batch_size} >= 1, lr={lr} > 0")
@@ -299,7 +303,7 @@ def train_diffusion(
         raise ValueError(
             f"need x0 (N, D) and labels (N,); got {tuple(x0.shape)}, {tuple(labels.shape)}"
         )
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(resolve_seed(seed, 0))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     losses = []
@@ -308,7 +312,7 @@ def train_diffusion(
             group["lr"] = lr_at(
                 step, lr=lr, min_lr=lr / 10, warmup_steps=min(100, steps // 10), total_steps=steps
             )
-        idx = torch.randint(0, x0.size(0), (batch_size,), generator=gen)
+        idx = torch.randint(0, x0.size(0), (batch_size,), generator=gen).to(x0.device)
         loss = diffusion_loss(
             model, schedule, x0[idx], labels[idx], p_uncond=p_uncond, generator=gen
         )
@@ -344,16 +348,17 @@ def sample(
     clip: bool = True,
 ) -> Tensor:
     """Generate one image per label by ancestral sampling from pure noise; ``(B, D)`` in
-    about [-1, 1]."""
-    labels = torch.as_tensor(labels, dtype=torch.long)
+    about [-1, 1], on the model's device (the noise is drawn on the CPU, from ``generator``)."""
+    device = next(model.parameters()).device
+    labels = torch.as_tensor(labels, dtype=torch.long).to(device)
     if labels.dim() != 1 or labels.numel() == 0:
         raise ValueError("labels must be a non-empty 1-D sequence of class ids")
     was_training = model.training
     model.eval()
     data_dim = model.inp.in_features
-    x = torch.randn((labels.numel(), data_dim), generator=generator)  # x_T
+    x = torch.randn((labels.numel(), data_dim), generator=generator).to(device)  # x_T
     for t in reversed(range(schedule.steps)):
-        steps = torch.full((labels.numel(),), t, dtype=torch.long)
+        steps = torch.full((labels.numel(),), t, dtype=torch.long, device=device)
         eps = guided_eps(model, x, steps, labels, guidance)
         x = schedule.p_step(eps, t, x, generator, clip=clip)
     model.train(was_training)

@@ -61,6 +61,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlupdates.chat import ASSISTANT, END, USER
 from mlupdates.gpt import GPT, KVCache, sample_next_token
+from mlupdates.runtime import resolve_seed
 from mlupdates.tokenizer import BPETokenizer
 
 log = logging.getLogger(__name__)
@@ -584,14 +585,14 @@ def create_app(
     tokenizer: BPETokenizer,
     model_id: str = MODEL_ID,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     owned_by: str = "mlupdates",
 ) -> FastAPI:
     """A FastAPI application serving ``model`` under the name ``model_id``.
 
     Routes: ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /v1/models/{id}``.
     Requests without a ``seed`` draw their sampling seed from a generator seeded with
-    ``seed``, so a fresh server answers the same sequence of requests the same way; a
+    ``seed`` (default: stream 0 of the running chapter's seed), so a fresh server answers the same sequence of requests the same way; a
     request with a ``seed`` gets the same reply every time.
     """
     if not isinstance(model_id, str) or not model_id:
@@ -600,7 +601,7 @@ def create_app(
     context = model.config.context
     stop_ids = frozenset(tokenizer.special_tokens.values())
     created = int(time.time())
-    seeds, seeds_lock = random.Random(seed), threading.Lock()
+    seeds, seeds_lock = random.Random(resolve_seed(seed, 0)), threading.Lock()
     app = FastAPI(
         title="mlupdates Chat Completions server", docs_url=None, redoc_url=None, openapi_url=None
     )
