@@ -56,3 +56,15 @@ def test_exact_match_scores_right_and_wrong_generators():
     items = ar.problems(2, 20, 0) + ar.problems(3, 5, 0)
     assert ar.exact_match(Oracle(), items) == 1.0
     assert ar.exact_match(Oracle(wrong=True), items) == 0.0
+
+
+def test_default_seed_is_the_chapters(monkeypatch):
+    from mlupdates import runtime
+
+    monkeypatch.setattr(runtime, "_current", None)
+    monkeypatch.delenv("MLUPDATES_SEED", raising=False)
+    assert ar.problems(2, 50) == ar.problems(2, 50, 0)  # seed 0 keeps the old draws
+    monkeypatch.setenv("MLUPDATES_SEED", "2")
+    assert ar.problems(2, 50) == ar.problems(2, 50, runtime.derive_seed(2, 0))
+    assert ar.problems(2, 50) != ar.problems(2, 50, 0)
+    assert ar.problems(2, 50, 0) == ar.problems(2, 50, 0)  # an explicit seed is literal

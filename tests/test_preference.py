@@ -68,3 +68,37 @@ def test_nll_term_raises_the_chosen_reply_itself():
     train_dpo(with_nll, pairs, steps=20, batch_size=1, lr=1e-2, nll_weight=1.0)
     chosen = lambda m: reply_logprob(m, pairs.chosen_ids, pairs.chosen_labels)  # noqa: E731
     assert chosen(with_nll) > chosen(plain)
+
+
+def test_batches_follow_the_chapter_seed(monkeypatch):
+    from mlupdates import runtime
+
+    monkeypatch.setattr(runtime, "_current", None)
+    chosen = [([1, 2, 3], [IGNORE, 3, 4]), ([1, 5, 3], [IGNORE, 3, 4]), ([2, 5, 3], [IGNORE, 3, 8])]
+    rejected = [
+        ([1, 2, 3], [IGNORE, 3, 6]),
+        ([1, 5, 3], [IGNORE, 3, 7]),
+        ([2, 5, 3], [IGNORE, 3, 9]),
+    ]
+    pairs = make_pairs(chosen, rejected, pad_id=0)
+
+    def losses(env_seed, **kwargs):
+        monkeypatch.setenv("MLUPDATES_SEED", str(env_seed))
+        return train_dpo(tiny_gpt(), pairs, steps=6, batch_size=1, lr=1e-2, **kwargs).losses
+
+    seed0 = losses(0)
+    assert seed0 == losses(0, seed=0)  # seed 0 keeps the old batches
+    assert seed0 == losses(4, seed=0)  # an explicit seed is literal
+    assert seed0 != losses(4)  # the chapter's seed 4 draws other batches
+
+
+def test_pairs_share_one_width_and_padding_changes_no_log_probability():
+    chosen = [([1, 2, 3], [IGNORE, 3, 4])]
+    rejected = [([1, 2, 3, 5, 6], [IGNORE, 3, 6, 7, 8])]
+    pairs = make_pairs(chosen, rejected, pad_id=0)
+    assert pairs.chosen_ids.shape == pairs.rejected_ids.shape == (1, 5)
+    assert pairs.chosen_labels[0, 3:].tolist() == [IGNORE, IGNORE]  # padding carries no label
+    model = tiny_gpt()
+    unpadded = reply_logprob(model, torch.tensor([[1, 2, 3]]), torch.tensor([[IGNORE, 3, 4]]))
+    padded = reply_logprob(model, pairs.chosen_ids, pairs.chosen_labels)
+    torch.testing.assert_close(padded, unpadded)  # float32 tolerances

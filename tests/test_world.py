@@ -114,3 +114,18 @@ def test_after_moves_changes_only_the_city_of_the_chosen_share():
     assert world.after_moves(0.5, seed=1) == later
     with pytest.raises(ValueError, match="share"):
         world.after_moves(0.0)
+
+
+def test_default_seed_is_the_chapters(monkeypatch):
+    from mlupdates import runtime
+    from mlupdates.runtime import derive_seed
+
+    monkeypatch.setattr(runtime, "_current", None)  # no setup() of another test leaks in
+    monkeypatch.delenv("MLUPDATES_SEED", raising=False)
+    assert make_world(n_people=20) == make_world(seed=0, n_people=20)  # seed 0: as before
+    monkeypatch.setenv("MLUPDATES_SEED", "3")
+    world = make_world(n_people=20)
+    assert world == make_world(seed=derive_seed(3, 0), n_people=20)
+    assert world != make_world(seed=0, n_people=20)
+    assert world.after_moves(0.5) == world.after_moves(0.5, seed=derive_seed(3, 0))
+    assert world.after_moves(0.5) != world.after_moves(0.5, seed=0)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mlupdates.chat import IGNORE
+from mlupdates.runtime import resolve_seed
 
 ALPHABET = "0123456789+=;"
 END = ";"
@@ -55,9 +56,13 @@ class Problem:
 
 
 def problems(
-    n_digits: int, count: int, seed: int, exclude: set[Problem] | None = None
+    n_digits: int, count: int, seed: int | None = None, exclude: set[Problem] | None = None
 ) -> list[Problem]:
-    """``count`` distinct sums of two ``n_digits``-digit numbers, none of them in ``exclude``."""
+    """``count`` distinct sums of two ``n_digits``-digit numbers, none of them in ``exclude``.
+
+    A pure function of its arguments; ``seed=None`` is stream 0 of the running chapter's seed.
+    """
+    seed = resolve_seed(seed, 0)
     if n_digits < 1:
         raise ValueError(f"n_digits={n_digits} must be at least 1")
     lo, hi = 10 ** (n_digits - 1), 10**n_digits - 1

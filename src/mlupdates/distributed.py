@@ -17,6 +17,12 @@ Both train the same tiny causal language model (PyTorch's own pre-norm
 ``TransformerEncoderLayer`` with a causal mask, tied input and output embeddings) on the
 book's corpus (:mod:`mlupdates.world`) with the same global batch, and rank 0 writes the
 per-step losses as JSON. The ``gloo`` backend runs on CPU, so no GPU is needed.
+
+The caller chooses the seed and the device (``--seed``, ``--device``): the corpus, the initial
+weights and the batches are streams 0, 0 and 1 of the seed
+(:func:`mlupdates.runtime.derive_seed`), and without ``--seed`` the seed is the chapter's,
+read from ``MLUPDATES_SEED`` as every child process of a chapter does. ``gloo`` all-reduces
+CPU and CUDA tensors alike, so several processes may share one GPU.
 """
 
 from __future__ import annotations
@@ -31,8 +37,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mlupdates.runtime import chapter_seed, derive_seed
 from mlupdates.tokenizer import BPETokenizer
 from mlupdates.world import make_world
+
+#: Streams of the seed: the corpus's world, the initial weights, the order of the batches.
+CORPUS_STREAM, INIT_STREAM, DATA_STREAM = 0, 0, 1
+
+
+def _seed(seed: int | None) -> int:
+    """The chapter seed to draw from: ``seed``, else the running chapter's (``MLUPDATES_SEED``)."""
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed={seed} must be non-negative")
+    return chapter_seed() if seed is None else seed
 
 
 class TinyCausalLM(nn.Module):
@@ -59,9 +76,10 @@ class TinyCausalLM(nn.Module):
         return self.norm(x) @ self.tok.weight.T
 
 
-def corpus_tokens(vocab_size: int = 512) -> torch.Tensor:
-    """The book's corpus, tokenized: one long stream of ids (deterministic)."""
-    docs = make_world(seed=0, n_people=60).corpus(60_000)
+def corpus_tokens(vocab_size: int = 512, seed: int | None = None) -> torch.Tensor:
+    """The book's corpus for ``seed`` (default: the chapter's), tokenized: one stream of ids."""
+    world = make_world(seed=derive_seed(_seed(seed), CORPUS_STREAM), n_people=60)
+    docs = world.corpus(60_000)
     tok = BPETokenizer.train(docs, vocab_size)
     eot = tok.special_tokens["<|endoftext|>"]
     ids: list[int] = []
@@ -70,26 +88,43 @@ def corpus_tokens(vocab_size: int = 512) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def run(steps: int, global_batch: int, context: int, lr: float) -> list[float]:
-    """Train on this process's slice of each global batch; return the global mean losses."""
+def run(
+    steps: int,
+    global_batch: int,
+    context: int,
+    lr: float,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+) -> list[float]:
+    """Train on this process's slice of each global batch; return the global mean losses.
+
+    ``seed`` (default: the chapter's, see :func:`mlupdates.runtime.chapter_seed`) fixes the
+    corpus, the initial weights and the batches; the model trains on ``device``. Called in a
+    plain process (a chapter's kernel), this is the one-process baseline of the DDP run.
+    """
+    seed, device = _seed(seed), torch.device(device)
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
     if global_batch % world:
         raise ValueError(f"global_batch={global_batch} must be divisible by {world} processes")
-    tokens = corpus_tokens()
-    torch.manual_seed(0)  # same initial weights everywhere (DDP also broadcasts rank 0's)
-    model = TinyCausalLM(int(tokens.max()) + 1, context=context)
+    tokens = corpus_tokens(seed=seed)
+    # Same initial weights everywhere (DDP also broadcasts rank 0's), built on the CPU so that
+    # every device starts from them; the caller's global RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, INIT_STREAM))
+        model = TinyCausalLM(int(tokens.max()) + 1, context=context).to(device)
     if distributed:
         model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    data = torch.Generator().manual_seed(1)  # every process draws the same global batches
+    # Every process draws the same global batches (on the CPU, then moves its slice).
+    data = torch.Generator().manual_seed(derive_seed(seed, DATA_STREAM))
     losses = []
     for _ in range(steps):
         starts = torch.randint(len(tokens) - context - 1, (global_batch,), generator=data)
         rows = starts[rank::world]  # this process's slice of the global batch
-        x = torch.stack([tokens[s : s + context] for s in rows])
-        y = torch.stack([tokens[s + 1 : s + context + 1] for s in rows])
+        x = torch.stack([tokens[s : s + context] for s in rows]).to(device)
+        y = torch.stack([tokens[s + 1 : s + context + 1] for s in rows]).to(device)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP all-reduces (averages) the gradients here
@@ -108,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--context", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=None, help="default: MLUPDATES_SEED, else 0")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (gloo on either)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one core per process: two processes on a 2-core machine
@@ -115,10 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:
         dist.init_process_group("gloo")
     try:
-        losses = run(args.steps, args.global_batch, args.context, args.lr)
+        losses = run(args.steps, args.global_batch, args.context, args.lr, args.seed, args.device)
         world = dist.get_world_size() if distributed else 1
         if not distributed or dist.get_rank() == 0:
-            args.out.write_text(json.dumps({"world_size": world, "losses": losses}))
+            record = {"world_size": world, "seed": _seed(args.seed), "losses": losses}
+            args.out.write_text(json.dumps(record))
     finally:
         if distributed:
             dist.destroy_process_group()

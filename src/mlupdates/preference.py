@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlupdates.chat import IGNORE, pad_batch
+from mlupdates.runtime import resolve_seed
 from mlupdates.train import make_optimizer
 
 
@@ -93,13 +94,19 @@ def make_pairs(
     rejected: Sequence[tuple[list[int], list[int]]],
     pad_id: int,
 ) -> PreferencePairs:
-    """Pad ``(ids, labels)`` examples (e.g. from :func:`mlupdates.chat.sft_example`) into pairs."""
+    """Pad ``(ids, labels)`` examples (e.g. from :func:`mlupdates.chat.sft_example`) into pairs.
+
+    Chosen and rejected replies are padded to one common width (on the right, which a
+    causal model never reads from earlier positions).
+    """
     if len(chosen) != len(rejected) or not chosen:
         raise ValueError(
             f"need as many chosen as rejected replies, at least one: {len(chosen)} vs {len(rejected)}"
         )
-    cx, cy = pad_batch(list(chosen), pad_id)
-    rx, ry = pad_batch(list(rejected), pad_id)
+    # One width for both sides, so that a pair's two replies can share a forward pass.
+    x, y = pad_batch([*chosen, *rejected], pad_id)
+    n = len(chosen)
+    cx, cy, rx, ry = x[:n], y[:n], x[n:], y[n:]
     return PreferencePairs(cx, cy, rx, ry)
 
 
@@ -120,12 +127,13 @@ def train_dpo(
     lr: float = 1e-4,
     beta: float = 0.1,
     nll_weight: float = 0.0,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> DPOHistory:
     """Optimise ``policy`` in place with DPO against a frozen copy of its current weights.
 
     Constant learning rate, AdamW without weight decay (DPO's own recipe uses a small
-    constant rate after a short warm-up); batches are drawn with a seeded generator.
+    constant rate after a short warm-up); batches are drawn with a generator seeded by ``seed``
+    (default: stream 0 of the running chapter's seed).
     ``nll_weight`` adds that multiple of the chosen reply's per-token negative
     log-likelihood to the loss, as in Pang et al.'s DPO+NLL (arXiv:2404.19733): plain DPO
     only widens the gap between the two replies, which it may do by making *both* less
@@ -135,28 +143,25 @@ def train_dpo(
         raise ValueError(f"steps={steps} and batch_size={batch_size} must be at least 1")
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     optimizer = make_optimizer(policy, lr, 0.0, (0.9, 0.999))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(resolve_seed(seed, 0))
     device = next(policy.parameters()).device
+    # Chosen rows first, then rejected: each step scores a batch's two sides in one pass.
+    ids = torch.cat([pairs.chosen_ids, pairs.rejected_ids]).to(device)
+    labels = torch.cat([pairs.chosen_labels, pairs.rejected_labels]).to(device)
+    n = len(pairs)
     with torch.no_grad():
-        ref_c = reply_logprob(
-            reference, pairs.chosen_ids.to(device), pairs.chosen_labels.to(device)
-        )
-        ref_r = reply_logprob(
-            reference, pairs.rejected_ids.to(device), pairs.rejected_labels.to(device)
-        )
+        ref = reply_logprob(reference, ids, labels)
+    ref_c, ref_r = ref[:n], ref[n:]
     history = DPOHistory()
     policy.train()
     for _ in range(steps):
-        rows = torch.randperm(len(pairs), generator=gen)[:batch_size].to(device)
-        pc = reply_logprob(
-            policy, pairs.chosen_ids.to(device)[rows], pairs.chosen_labels.to(device)[rows]
-        )
-        pr = reply_logprob(
-            policy, pairs.rejected_ids.to(device)[rows], pairs.rejected_labels.to(device)[rows]
-        )
+        rows = torch.randperm(n, generator=gen)[:batch_size].to(device)
+        both = torch.cat([rows, rows + n])
+        logp = reply_logprob(policy, ids[both], labels[both])
+        pc, pr = logp[: len(rows)], logp[len(rows) :]
         loss, margin = dpo_loss(pc, pr, ref_c[rows], ref_r[rows], beta)
         if nll_weight:
-            n_tokens = (pairs.chosen_labels.to(device)[rows] != IGNORE).sum(dim=1)
+            n_tokens = (labels[rows] != IGNORE).sum(dim=1)
             loss = loss + nll_weight * (-pc / n_tokens).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

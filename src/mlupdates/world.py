@@ -19,13 +19,18 @@ Li, "Physics of Language Models: Part 3.1" (arXiv:2309.14316):
     questions about people the model never saw: the right answer is unknowable, and the
     accuracy expected from guessing is ``1 / len(world.values(attribute))``.
 
-Everything is a pure function of ``seed`` and the sizes: no downloads, no global RNG.
+Everything is a pure function of ``seed`` and the sizes: no downloads, no global RNG. A
+``seed`` left as ``None`` is a stream of the running chapter's seed
+(:func:`mlupdates.runtime.resolve_seed`), so a chapter re-run under another seed gets
+another world.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+
+from mlupdates.runtime import resolve_seed
 
 ATTRIBUTES = ("city", "job", "born", "colour", "pet")
 
@@ -172,15 +177,16 @@ class World:
             for f in p.facts()
         ]
 
-    def after_moves(self, share: float, seed: int = 0) -> World:
+    def after_moves(self, share: float, seed: int | None = None) -> World:
         """The same world some time later: ``share`` of the seen people live in a new city.
 
         A model trained on the original text is frozen at its *knowledge cut-off*; comparing
         its answers with this later world shows what that costs. Which people move, and
-        where, is a pure function of ``seed``.
+        where, is a pure function of ``seed`` (default: stream 0 of the chapter's seed).
         """
         if not 0 < share <= 1:
             raise ValueError(f"share={share} must be in (0, 1]")
+        seed = resolve_seed(seed, 0)
         rng = random.Random(f"moves-{self.seed}-{seed}")
         seen = self.seen
         movers = {p.name for p in rng.sample(seen, max(1, round(share * len(seen))))}
@@ -229,13 +235,15 @@ def _word(rng: random.Random, n_syllables: int) -> str:
     return "".join(rng.choice(SYLLABLES) for _ in range(n_syllables)).capitalize()
 
 
-def make_world(seed: int = 0, n_people: int = 200, heldout_fraction: float = 0.2) -> World:
+def make_world(
+    seed: int | None = None, n_people: int = 200, heldout_fraction: float = 0.2
+) -> World:
     """Invent ``n_people`` people with unique names, ``heldout_fraction`` of them unseen.
 
     Same arguments, same world (a pure function of them); another ``seed``, other people.
+    ``seed=None`` is stream 0 of the running chapter's seed (0 when no chapter set one).
     """
-    if seed < 0:
-        raise ValueError(f"seed={seed} must be non-negative")
+    seed = resolve_seed(seed, 0)  # raises for a negative seed
     if not 3 <= n_people <= 10_000:
         raise ValueError(f"n_people={n_people} must be in [3, 10000]")
     n_heldout = round(n_people * heldout_fraction)
