@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_nbval(book: Path) -> subprocess.CompletedProcess:
+def run_nbval(book: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The test command's nbval run over ``book`` (in ``env``, else this process's)."""
     shutil.copy2(ROOT / "conftest.py", book / "conftest.py")
     return subprocess.run(
         [
@@ -37,6 +38,7 @@ def run_nbval(book: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         check=False,
+        env=env,
         timeout=300,
     )
 
