@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from mlupdates.distributed import TinyCausalLM, run
+from mlupdates.distributed import TinyCausalLM, launch, run
 
 
 def test_seed_argument_and_chapter_seed_choose_the_run(monkeypatch):
@@ -53,3 +53,19 @@ def test_run_leaves_the_callers_random_state_alone():
     torch.manual_seed(123)
     run(steps=1, global_batch=2, context=8, lr=1e-3, seed=0)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_launch_on_two_processes_matches_one_process():
+    kwargs = dict(steps=6, global_batch=8, context=16, lr=3e-3, seed=2)
+    one = run(**kwargs)
+    two = launch(2, **kwargs)
+    assert two["world_size"] == 2 and two["seed"] == 2 and len(two["losses"]) == 6
+    assert max(abs(a - b) for a, b in zip(one, two["losses"], strict=True)) < 1e-4
+    assert launch(1, **kwargs)["world_size"] == 1
+
+
+def test_launch_rejects_bad_process_counts():
+    with pytest.raises(ValueError, match="at least 1"):
+        launch(0, steps=1, global_batch=4, context=8, lr=1e-3)
+    with pytest.raises(ValueError, match="divisible"):
+        launch(3, steps=1, global_batch=4, context=8, lr=1e-3)

@@ -13,6 +13,14 @@ Run it as a script, once plainly and once under ``torchrun``::
     python -m mlupdates.distributed --out single.json
     torchrun --standalone --nproc_per_node=2 -m mlupdates.distributed --out ddp.json
 
+or, from Python, :func:`launch` starts the worker processes itself with
+``torch.multiprocessing``, as PyTorch's DDP tutorial does with ``mp.spawn``. ``torchrun``
+costs a few seconds that have nothing to do with DDP: its own agent process and a fresh
+interpreter per worker that imports PyTorch again. Where it is safe (Linux, CPU), ``launch``
+forks the workers from the calling process instead, so they start with everything imported;
+elsewhere it spawns fresh ones. Either way each worker joins the same ``gloo`` group and runs
+the same :func:`run`.
+
 Both train the same tiny causal language model (PyTorch's own pre-norm
 ``TransformerEncoderLayer`` with a causal mask, tied input and output embeddings) on the
 book's corpus (:mod:`mlupdates.world`) with the same global batch, and rank 0 writes the
@@ -30,10 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -137,6 +148,58 @@ def run(
     return losses
 
 
+def _launched_worker(rank: int, world: int, store: str, out: str, args: tuple, device: str) -> None:
+    """One process of :func:`launch`: join the group through the file store, train, report."""
+    torch.set_num_threads(1)  # one core per process
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        losses = run(*args, device=device)
+        if rank == 0:
+            Path(out).write_text(json.dumps(_record(losses, args[-1])))
+    finally:
+        dist.destroy_process_group()
+
+
+def _record(losses: list[float], seed: int) -> dict:
+    """What rank 0 reports: the group's size, the seed and the per-step global losses."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return {"world_size": world, "seed": seed, "losses": losses}
+
+
+def launch(
+    nprocs: int,
+    steps: int,
+    global_batch: int,
+    context: int,
+    lr: float,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """:func:`run` on ``nprocs`` worker processes joined by ``gloo``; rank 0's report.
+
+    The report is what the script writes with ``--out``: ``world_size``, ``seed`` and the
+    per-step global mean ``losses``.
+
+    Forks the workers where that is safe (Linux, CPU device, CUDA not initialised), so they
+    inherit this process's imports; otherwise spawns fresh interpreters. The seed is resolved
+    here (default: the chapter's), so every worker draws the same corpus, weights and batches.
+    """
+    if nprocs < 1:
+        raise ValueError(f"nprocs={nprocs} must be at least 1")
+    if global_batch % nprocs:
+        raise ValueError(f"global_batch={global_batch} must be divisible by {nprocs} processes")
+    device = torch.device(device)
+    fork = sys.platform == "linux" and device.type == "cpu" and not torch.cuda.is_initialized()
+    args = (steps, global_batch, context, lr, _seed(seed))
+    with tempfile.TemporaryDirectory(prefix="mlupdates-ddp-") as tmp:
+        store, out = os.path.join(tmp, "store"), os.path.join(tmp, "losses.json")
+        mp.start_processes(
+            _launched_worker, args=(nprocs, store, out, args, str(device)), nprocs=nprocs,
+            start_method="fork" if fork else "spawn",
+        )  # fmt: skip
+        return json.loads(Path(out).read_text())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -153,10 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group("gloo")
     try:
         losses = run(args.steps, args.global_batch, args.context, args.lr, args.seed, args.device)
-        world = dist.get_world_size() if distributed else 1
         if not distributed or dist.get_rank() == 0:
-            record = {"world_size": world, "seed": _seed(args.seed), "losses": losses}
-            args.out.write_text(json.dumps(record))
+            args.out.write_text(json.dumps(_record(losses, _seed(args.seed))))
     finally:
         if distributed:
             dist.destroy_process_group()
