@@ -73,7 +73,9 @@ def test_commonest_answer_accuracy_guesses_per_attribute():
     # owl and Rome are guessed: right on the first and third question (case-insensitive)
     assert commonest_answer_accuracy(train, asked) == 0.5
     # a tie goes to the answer met first: cat before owl
-    assert commonest_answer_accuracy([_qa("pet", "cat"), _qa("pet", "owl")], [_qa("pet", "cat")]) == 1
+    assert (
+        commonest_answer_accuracy([_qa("pet", "cat"), _qa("pet", "owl")], [_qa("pet", "cat")]) == 1
+    )
     with pytest.raises(ValueError, match="attributes"):
         commonest_answer_accuracy(train, [_qa("job", "nurse")])
     with pytest.raises(ValueError, match="empty"):
