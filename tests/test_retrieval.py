@@ -313,3 +313,28 @@ def test_embedder_gives_the_sentence_transformers_vectors_bit_for_bit(handbook):
     )
     assert np.array_equal(embed(texts), reference)
     assert np.array_equal(embed(texts[::-1]), reference[::-1])  # the memo returns the same rows
+
+
+def test_search_results_are_remembered_not_queried_again(handbook, tmp_path):
+    index = R.SearchIndex(handbook[1], fake_embed, tmp_path / "lance")
+    calls = []
+    table_search = index.table.search
+
+    def counting_search(*args, **kwargs):
+        calls.append(kwargs.get("query_type", "vector"))
+        return table_search(*args, **kwargs)
+
+    index.table.search = counting_search
+    first = index.hybrid_search("battery warranty", 3, audience="staff")
+    assert calls == ["vector", "fts"]
+    again = index.hybrid_search("battery warranty", 3, audience="staff")
+    assert again == first and calls == ["vector", "fts"]  # both sub-queries remembered
+    assert index.keyword_search("battery warranty", 20, audience="staff") == index.keyword_search(
+        "battery warranty", 20, audience="staff"
+    )
+    index.keyword_search("battery warranty", 20, audience="public")  # another audience: queried
+    index.vector_search("battery warranty", 5, audience="staff")  # another k: queried
+    assert calls == ["vector", "fts", "fts", "vector"]
+    hits = index.vector_search("battery warranty", 5, audience="staff")
+    hits.clear()  # the caller's list is a copy: the memo is not emptied
+    assert len(index.vector_search("battery warranty", 5, audience="staff")) == 5

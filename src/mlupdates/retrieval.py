@@ -394,7 +394,10 @@ class SearchIndex:
     ``path`` is a folder for the database (a temporary one in the chapter). ``audience``
     arguments filter *before* ranking (LanceDB's pre-filter), so a user never receives a
     passage from a document above their clearance: access control belongs in retrieval,
-    before anything reaches the model.
+    before anything reaches the model. The table is written once, here; the results of
+    :meth:`vector_search` and :meth:`keyword_search` are remembered per (query, k,
+    audience), so asking the same question again (a hybrid query reuses both) costs no
+    second database query.
     """
 
     chunks: Sequence[Chunk]
@@ -402,6 +405,9 @@ class SearchIndex:
     path: str | Path
     table_name: str = "chunks"
     by_id: dict[str, Chunk] = field(init=False)
+    _memo: dict[tuple[str, str, int, str | None], list[Hit]] = field(
+        init=False, default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         # LanceDB's Rust core logs routine notices ("No existing dataset ... will be
@@ -451,24 +457,32 @@ class SearchIndex:
     def vector_search(self, query: str, k: int = 5, audience: str | None = None) -> list[Hit]:
         """The ``k`` chunks nearest to the query embedding (score: cosine similarity)."""
         _check_k(k)
+        key = ("vector", query, k, audience)
+        if key in self._memo:
+            return list(self._memo[key])
         q = self.embed([query])[0]
         search = self.table.search(q, vector_column_name="vector").distance_type("cosine")
         where = _audience_filter(audience)
         if where:
             search = search.where(where, prefilter=True)
         rows = search.select(["id", "_distance"]).limit(k).to_list()
-        return self._hits(rows, lambda r: 1.0 - r["_distance"])
+        self._memo[key] = self._hits(rows, lambda r: 1.0 - r["_distance"])
+        return list(self._memo[key])
 
     def keyword_search(self, query: str, k: int = 5, audience: str | None = None) -> list[Hit]:
         """The ``k`` best chunks by BM25 over LanceDB's full-text index (English stemming
         and stop words on); chunks sharing no term with the query are not returned."""
         _check_k(k)
+        key = ("keyword", query, k, audience)
+        if key in self._memo:
+            return list(self._memo[key])
         search = self.table.search(query, query_type="fts", fts_columns="content")
         where = _audience_filter(audience)
         if where:
             search = search.where(where, prefilter=True)
         rows = search.select(["id", "_score"]).limit(k).to_list()
-        return self._hits(rows, lambda r: r["_score"])
+        self._memo[key] = self._hits(rows, lambda r: r["_score"])
+        return list(self._memo[key])
 
     def hybrid_search(
         self, query: str, k: int = 5, depth: int = 20, audience: str | None = None, rrf_k: int = 60
