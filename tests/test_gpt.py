@@ -8,6 +8,7 @@ import torch
 from mlupdates.gpt import (
     GPT,
     GPTConfig,
+    TargetLoss,
     apply_temperature,
     gpt2_config_kwargs,
     load_gpt2_state_dict,
@@ -265,3 +266,51 @@ def test_float32_tolerance_scales_with_the_values_and_catches_bugs():
     assert_close_f32(logits.nextafter(torch.full_like(logits, 99.0)), logits)  # one ulp apart
     with pytest.raises(AssertionError):
         assert_close_f32(logits + 1e-3, logits)  # a bug far smaller than the values
+
+
+def _chat_like_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    # Rows of 12 tokens whose targets count only at a few positions near the end, as in SFT.
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, TINY.vocab_size, (5, 12), generator=g)
+    targets = torch.full((5, 12), -100)
+    for row, start in enumerate((6, 7, 9, 10, 8)):
+        targets[row, start : start + 2] = torch.randint(0, TINY.vocab_size, (2,), generator=g)
+    return idx, targets
+
+
+def test_target_loss_equals_the_models_loss_and_gradient():
+    model = tiny_model(3)
+    idx, targets = _chat_like_batch()
+    _, expected = model(idx, targets)
+    (grad_expected,) = torch.autograd.grad(expected, model.transformer.wte.weight)
+    wrapped = TargetLoss(model)
+    logits, loss = wrapped(idx, targets)
+    (grad,) = torch.autograd.grad(loss, model.transformer.wte.weight)
+    assert logits is None and list(wrapped.parameters()) == list(model.parameters())
+    assert_close_f32(loss, expected)
+    assert_close_f32(grad, grad_expected)
+    # a different target at one counted position changes it: the counted positions are used
+    targets[0, 6] = (targets[0, 6] + 1) % TINY.vocab_size
+    assert abs(wrapped(idx, targets)[1].item() - loss.item()) > 1e-4
+
+
+def test_target_loss_of_a_batch_without_targets_is_zero_and_shapes_are_checked():
+    model = tiny_model(4)
+    idx, _ = _chat_like_batch(1)
+    loss = TargetLoss(model)(idx, torch.full_like(idx, -100))[1]
+    assert loss.item() == 0.0 and loss.requires_grad
+    with pytest.raises(ValueError, match="targets shape"):
+        TargetLoss(model)(idx, idx[:, :-1])
+
+
+def test_training_through_target_loss_follows_plain_training():
+    from mlupdates.train import TrainConfig, train
+
+    idx, targets = _chat_like_batch(2)
+    cfg = TrainConfig(steps=5, warmup_steps=1, eval_every=5, seed=0)
+    plain, fast = tiny_model(5), tiny_model(5)
+    train(plain, iter([(idx, targets)] * 5), cfg)
+    train(TargetLoss(fast), iter([(idx, targets)] * 5), cfg)
+    moved = (plain.lm_head.weight - tiny_model(5).lm_head.weight).abs().max()
+    assert moved > 1e-3  # the steps did something, and both runs did the same thing
+    assert_close_f32(fast.lm_head.weight, plain.lm_head.weight, ulps=4096)

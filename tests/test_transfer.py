@@ -9,9 +9,12 @@ from mlupdates.transfer import (
     classifier_accuracy,
     digits_arrays,
     fit_classifier,
+    fit_classifiers,
     load_digits_split,
     reuse,
 )
+
+from .conftest import assert_close_f32
 
 torch.set_num_threads(1)
 
@@ -183,3 +186,65 @@ def test_reuse_puts_the_new_head_on_the_models_device():
     model = DigitsCNN(n_classes=5).to("meta")  # a device other than the CPU, on any machine
     new = reuse(model, "full", 3)
     assert new.head.weight.device.type == "meta" and new.head.out_features == 3
+
+
+def test_fit_classifiers_trains_each_model_as_fit_classifier_would():
+    data = load_digits_split((0, 1, 2), n_train_per_class=12)
+    torch.manual_seed(0)
+    teacher = DigitsCNN(n_classes=3, channels=(4, 8), hidden=16)
+    settings = [(1, None), (2, None), (1, 2.0), (3, 4.0)]  # (batch-order seed, temperature)
+    training = dict(epochs=4, batch_size=10, lr=1e-2)
+
+    def student(k: int) -> DigitsCNN:
+        torch.manual_seed(100 + k)
+        return DigitsCNN(n_classes=3, channels=(2, 4), hidden=8)
+
+    alone = []
+    for k, (seed, T) in enumerate(settings):
+        model = student(k)
+        result = fit_classifier(
+            model,
+            data.x_train,
+            data.y_train,
+            seed=seed,
+            teacher=None if T is None else teacher,
+            T=T or 1.0,
+            alpha=0.7,
+            **training,
+        )
+        alone.append((model, result))
+    together = [student(k) for k in range(len(settings))]
+    results = fit_classifiers(
+        together,
+        data.x_train,
+        data.y_train,
+        seeds=[s for s, _ in settings],
+        teacher=teacher,
+        temperatures=[T for _, T in settings],
+        alpha=0.7,
+        **training,
+    )
+    for (model, result), joint, joint_result in zip(alone, together, results, strict=True):
+        assert joint_result.losses == pytest.approx(result.losses, rel=1e-4)
+        for p, q in zip(model.parameters(), joint.parameters(), strict=True):
+            assert_close_f32(q, p, ulps=1024)
+        assert not joint.training
+    # the settings really differ: a model trained by another setting ends elsewhere
+    gap = (together[0].head.weight - together[2].head.weight).abs().max().item()
+    assert gap > 1e-3
+
+
+def test_fit_classifiers_errors():
+    x, y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    a, b = DigitsCNN(n_classes=2), DigitsCNN(n_classes=3)
+    with pytest.raises(ValueError, match="same parameter"):
+        fit_classifiers([a, b], x, y, seeds=[0, 1])
+    with pytest.raises(ValueError, match="2 seeds for 1"):
+        fit_classifiers([a], x, y, seeds=[0, 1])
+    with pytest.raises(ValueError, match="needs a teacher"):
+        fit_classifiers([a], x, y, seeds=[0], temperatures=[2.0])
+    with pytest.raises(ValueError, match="empty"):
+        fit_classifiers([], x, y, seeds=[])
+    frozen = reuse(a, "features", 2)
+    with pytest.raises(ValueError, match="trainable"):
+        fit_classifiers([frozen], x, y, seeds=[0])

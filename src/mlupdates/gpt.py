@@ -310,6 +310,36 @@ class GPT(nn.Module):
 # --- decoding: small pure functions on a (B, V) matrix of logits ------------------------
 
 
+class TargetLoss(nn.Module):
+    """A :class:`GPT` seen by :func:`mlupdates.train.train` with a cheaper, equal loss.
+
+    ``forward(idx, targets)`` returns ``(None, loss)`` where ``loss`` is
+    :func:`next_token_loss` of the wrapped model, but the output layer runs only at the
+    positions whose target is counted (not ``IGNORE_INDEX``). In supervised fine-tuning on
+    chat rows those are the few reply tokens, so the ``(positions, vocab_size)`` logits,
+    their softmax and their gradients shrink to a fraction; the loss and its gradient are
+    the same up to float32 rounding. The wrapper owns no parameters of its own: training
+    it trains ``model`` (``model.train()``, the optimiser and gradient clipping all reach
+    the wrapped module).
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def forward(self, idx: Tensor, targets: Tensor) -> tuple[None, Tensor]:
+        if targets.shape != idx.shape:
+            raise ValueError(
+                f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}"
+            )
+        self.model._check_tokens(idx)
+        keep = targets != IGNORE_INDEX  # (B, T)
+        hidden = self.model._hidden(idx)[keep]  # (counted positions, C)
+        total = F.cross_entropy(self.model.lm_head(hidden), targets[keep], reduction="sum")
+        return None, total / keep.sum().clamp(min=1)
+
+
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, vocab: int) -> None:
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
