@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -48,6 +47,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from mlupdates.parallel import can_fork
 from mlupdates.runtime import chapter_seed, derive_seed
 from mlupdates.tokenizer import BPETokenizer
 from mlupdates.world import make_world
@@ -189,7 +189,7 @@ def launch(
     if global_batch % nprocs:
         raise ValueError(f"global_batch={global_batch} must be divisible by {nprocs} processes")
     device = torch.device(device)
-    fork = sys.platform == "linux" and device.type == "cpu" and not torch.cuda.is_initialized()
+    fork = device.type == "cpu" and can_fork()  # the same rule as map_processes
     args = (steps, global_batch, context, lr, _seed(seed))
     with tempfile.TemporaryDirectory(prefix="mlupdates-ddp-") as tmp:
         store, out = os.path.join(tmp, "store"), os.path.join(tmp, "losses.json")

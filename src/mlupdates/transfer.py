@@ -200,6 +200,18 @@ class FitResult:
     cpu_seconds: float = 0.0
 
 
+def _check_training_inputs(
+    x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, lr: float
+) -> None:
+    """The argument checks :func:`fit_classifier` and :func:`fit_classifiers` share."""
+    if x.size(0) != y.size(0) or x.size(0) == 0:
+        raise ValueError(f"x has {x.size(0)} rows and y {y.size(0)}; need the same, > 0")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs={epochs} and batch_size={batch_size} must be at least 1")
+    if not lr > 0:
+        raise ValueError(f"lr={lr} must be positive")
+
+
 def fit_classifier(
     model: nn.Module,
     x: Tensor,
@@ -222,12 +234,7 @@ def fit_classifier(
     The order of the mini-batches depends only on ``seed`` (default: stream 0 of the running
     chapter's seed); it is drawn on the CPU, so it is the same on every device.
     """
-    if x.size(0) != y.size(0) or x.size(0) == 0:
-        raise ValueError(f"x has {x.size(0)} rows and y {y.size(0)}; need the same, > 0")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs={epochs} and batch_size={batch_size} must be at least 1")
-    if not lr > 0:
-        raise ValueError(f"lr={lr} must be positive")
+    _check_training_inputs(x, y, epochs, batch_size, lr)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameter")
@@ -313,12 +320,7 @@ def fit_classifiers(
         raise ValueError("a temperature needs a teacher")
     if not all(t is None or t > 0 for t in temperatures) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"temperatures must be positive and alpha={alpha} in [0, 1]")
-    if x.size(0) != y.size(0) or x.size(0) == 0:
-        raise ValueError(f"x has {x.size(0)} rows and y {y.size(0)}; need the same, > 0")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs={epochs} and batch_size={batch_size} must be at least 1")
-    if not lr > 0:
-        raise ValueError(f"lr={lr} must be positive")
+    _check_training_inputs(x, y, epochs, batch_size, lr)
     shapes = [[(n, p.shape) for n, p in m.named_parameters()] for m in models]
     if any(s != shapes[0] for s in shapes):
         raise ValueError("every model must have the same parameter names and shapes")
