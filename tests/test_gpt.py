@@ -278,6 +278,19 @@ def _chat_like_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, targets
 
 
+def test_logits_at_equals_the_full_forward_at_the_kept_positions():
+    model = tiny_model(6)
+    idx, targets = _chat_like_batch(3)
+    keep = targets != -100
+    full, _ = model(idx)
+    assert_close_f32(model.logits_at(idx, keep), full[keep])  # row-major order, (N, V)
+    assert model.logits_at(idx, keep).shape == (int(keep.sum()), TINY.vocab_size)
+    with pytest.raises(ValueError, match="bool tensor"):
+        model.logits_at(idx, keep.long())
+    with pytest.raises(ValueError, match="bool tensor"):
+        model.logits_at(idx, keep[:, :-1])
+
+
 def test_target_loss_equals_the_models_loss_and_gradient():
     model = tiny_model(3)
     idx, targets = _chat_like_batch()

@@ -28,6 +28,36 @@ def test_reply_logprob_sums_only_labelled_positions():
         reply_logprob(model, ids, labels[:, :3])
 
 
+class FullLogits(torch.nn.Module):
+    """The same GPT seen only through ``model(ids) -> (logits, loss)``: no ``logits_at``."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(ids)
+
+
+def test_reply_positions_only_path_equals_the_full_logits_path():
+    model = tiny_gpt(3)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 11, (4, 8), generator=g)
+    labels = torch.full((4, 8), IGNORE)
+    for row, (start, stop) in enumerate([(5, 8), (2, 4), (7, 8), (3, 7)]):
+        labels[row, start:stop] = torch.randint(0, 11, (stop - start,), generator=g)
+    fast = reply_logprob(model, ids, labels)
+    slow = reply_logprob(FullLogits(model), ids, labels)
+    torch.testing.assert_close(fast, slow)  # float32 tolerances
+    (grad_fast,) = torch.autograd.grad(fast.sum(), model.lm_head.weight)
+    (grad_slow,) = torch.autograd.grad(slow.sum(), model.lm_head.weight)
+    torch.testing.assert_close(grad_fast, grad_slow)
+    # each row gets its own reply's sum: moving one label changes that row only
+    labels[1, 2] = (labels[1, 2] + 1) % 11
+    moved = reply_logprob(model, ids, labels)
+    assert (moved - fast).abs().gt(1e-4).tolist() == [False, True, False, False]
+
+
 def test_dpo_loss_formula():
     pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
     rc, rr = torch.tensor([-2.0, -2.0]), torch.tensor([-2.0, -2.0])

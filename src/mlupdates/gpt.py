@@ -261,6 +261,23 @@ class GPT(nn.Module):
             return logits, None
         return logits, next_token_loss(logits, targets)
 
+    def logits_at(self, idx: Tensor, keep: Tensor) -> Tensor:
+        """Logits ``(N, vocab_size)`` at the ``N`` positions where ``keep`` ``(B, T)`` is True,
+        in row-major order: ``self(idx)[0][keep]`` without the output layer's work elsewhere.
+
+        Fine-tuning and preference losses read the model's prediction only at the few reply
+        tokens of each chat row; the output layer, whose ``vocab_size`` columns dominate a
+        small model's cost, then runs at those positions only. Equal to the full forward
+        pass up to float32 rounding.
+        """
+        self._check_tokens(idx)
+        if keep.shape != idx.shape or keep.dtype != torch.bool:
+            raise ValueError(
+                f"keep must be a bool tensor of idx's shape {tuple(idx.shape)}, got "
+                f"{tuple(keep.shape)} {keep.dtype}"
+            )
+        return self.lm_head(self._hidden(idx)[keep])
+
     @torch.no_grad()
     def generate(
         self,
@@ -333,10 +350,9 @@ class TargetLoss(nn.Module):
             raise ValueError(
                 f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}"
             )
-        self.model._check_tokens(idx)
         keep = targets != IGNORE_INDEX  # (B, T)
-        hidden = self.model._hidden(idx)[keep]  # (counted positions, C)
-        total = F.cross_entropy(self.model.lm_head(hidden), targets[keep], reduction="sum")
+        logits = self.model.logits_at(idx, keep)  # (counted positions, V)
+        total = F.cross_entropy(logits, targets[keep], reduction="sum")
         return None, total / keep.sum().clamp(min=1)
 
 

@@ -39,11 +39,23 @@ def reply_logprob(model: nn.Module, ids: Tensor, labels: Tensor) -> Tensor:
     ``ids`` and ``labels`` are ``(batch, time)`` and aligned as :func:`mlupdates.chat.
     sft_example` lays them out (``labels[t]`` is the token that follows ``ids[t]``), so the
     result is the log probability of each whole reply given its prompt, one value per row.
+
+    A model with :meth:`mlupdates.gpt.GPT.logits_at` computes its output layer at the reply
+    positions only (a DPO batch's replies are a few tokens of each row); any other model
+    ``model(ids) -> (logits, loss)`` is scored at every position and masked. Both give the
+    same sums up to float32 rounding.
     """
     if ids.shape != labels.shape:
         raise ValueError(f"ids {tuple(ids.shape)} and labels {tuple(labels.shape)} must match")
-    logits, _ = model(ids)  # (B, T, V)
     mask = labels != IGNORE
+    if hasattr(model, "logits_at"):
+        logits = model.logits_at(ids, mask)  # (N, V) at the N reply positions
+        token_logp = torch.gather(
+            F.log_softmax(logits.float(), dim=-1), 1, labels[mask].unsqueeze(-1)
+        ).squeeze(-1)  # (N,)
+        # Back into (B, T), zeros elsewhere, and summed as below: no atomic accumulation.
+        return token_logp.new_zeros(mask.shape).masked_scatter(mask, token_logp).sum(dim=1)
+    logits, _ = model(ids)  # (B, T, V)
     token_logp = torch.gather(
         F.log_softmax(logits.float(), dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)
     ).squeeze(-1)  # (B, T)
