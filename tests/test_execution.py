@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 from mlupdates.bookcheck import check_book
-from mlupdates.execution import execute_in_place, main
+from mlupdates.execution import coalesce_streams, execute_in_place, main
 
 from .conftest import make_mini_book
 
@@ -55,3 +55,25 @@ def test_measure_reports_time_and_memory(mini_book):
     assert 0 < m.wall_s < 120
     assert m.peak_rss_mib > 50  # a kernel that imported torch and matplotlib
     assert sys.executable  # measured in a child of this interpreter
+
+
+def test_stream_chunks_are_joined_per_run_of_one_stream():
+    out = nbformat.v4.new_output
+    cell = nbformat.v4.new_code_cell("print('a b')")
+    cell.outputs = [
+        out("stream", name="stdout", text="architecture:"),
+        out("stream", name="stdout", text=" 2 layers\n"),
+        out("stream", name="stderr", text="warning\n"),
+        out("stream", name="stdout", text="after\n"),
+        out("execute_result", data={"text/plain": "1"}, execution_count=1),
+        out("stream", name="stdout", text="x\n"),
+    ]
+    nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("text")])
+    coalesce_streams(nb)
+    assert [(o.output_type, o.get("name"), o.get("text")) for o in nb.cells[0].outputs] == [
+        ("stream", "stdout", "architecture: 2 layers\n"),
+        ("stream", "stderr", "warning\n"),
+        ("stream", "stdout", "after\n"),
+        ("execute_result", None, None),
+        ("stream", "stdout", "x\n"),
+    ]

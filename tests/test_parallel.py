@@ -78,3 +78,73 @@ def test_worker_count_comes_from_the_environment(monkeypatch):
     assert map_processes(_fails_on_three, [], workers=2) == []
     with pytest.raises(ValueError, match="at least 1"):
         map_processes(_fails_on_three, [1], workers=0)
+
+
+def _wait_for(path: str) -> bool:
+    """True once ``path`` exists: it is created by the caller only after start() returned."""
+    import time
+
+    for _ in range(500):
+        if os.path.exists(path):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_started_job_runs_while_the_caller_goes_on(tmp_path, capsys):
+    flag = tmp_path / "flag"
+    job = parallel.start(_wait_for, str(flag))
+    flag.touch()  # had start() run the call here, it would have waited for this in vain
+    assert not job.in_process and job.result() is True
+    noisy = parallel.start(_noisy_square, 6)
+    assert capsys.readouterr().out == ""  # nothing printed yet: it is replayed at result()
+    value, draw, pid = noisy.result()
+    assert (value, draw) == (36, torch.rand(1, generator=torch.Generator().manual_seed(6)).item())
+    assert pid != os.getpid() and capsys.readouterr().out == "item 6\n"
+    assert noisy.result()[0] == 36 and capsys.readouterr().out == ""  # replayed once
+
+
+@pytest.mark.parametrize("reason", ["no fork", "one worker"])
+def test_without_fork_a_job_runs_at_once_here_and_reads_alike(reason, monkeypatch, capsys):
+    if reason == "no fork":
+        monkeypatch.setattr(parallel, "can_fork", lambda: False)
+    else:
+        monkeypatch.setenv("MLUPDATES_WORKERS", "1")
+    torch.manual_seed(7)
+    job = parallel.start(_noisy_square, 6)
+    after = torch.rand(1).item()
+    torch.manual_seed(7)
+    assert after == torch.rand(1).item()  # the job's draws were undone
+    assert job.in_process and capsys.readouterr().out == ""
+    assert job.result()[0::2] == (36, os.getpid()) and capsys.readouterr().out == "item 6\n"
+
+
+def test_a_failing_job_raises_at_result(monkeypatch):
+    job = parallel.start(_fails_on_three, 3)
+    with pytest.raises(RuntimeError, match=r"(?s)worker process.*three is not allowed"):
+        job.result()
+    monkeypatch.setattr(parallel, "can_fork", lambda: False)
+    job = parallel.start(_fails_on_three, 3)  # no exception yet
+    with pytest.raises(ValueError, match="three"):
+        job.result()
+
+
+def _touch_later(path: str) -> None:
+    import time
+
+    time.sleep(1.0)
+    open(path, "w").close()
+
+
+def test_a_job_nobody_collects_does_not_outlive_its_handle(tmp_path):
+    import gc
+
+    done = tmp_path / "finished"
+    job = parallel.start(_touch_later, str(done))
+    pid = job._pid
+    os.kill(pid, 0)  # running
+    del job
+    gc.collect()
+    with pytest.raises(ProcessLookupError):  # gone, and reaped (not a zombie)
+        os.kill(pid, 0)
+    assert not done.exists()  # stopped, not waited for

@@ -96,3 +96,15 @@ def test_base_run_keeps_history_and_probe_samples_through_the_cache(tiny_recipe)
     assert loaded.history.records == first.history.records
     assert loaded.history.step_losses == first.history.step_losses
     assert _same(loaded.model, first.model)
+
+
+def test_train_width_is_the_base_recipe_at_another_width_and_length(tiny_recipe):
+    cfg = recipes.base_config(recipes.corpus().tokenizer.vocab_size)
+    base, base_history = recipes.train_base(cfg)  # 3 steps, evaluated at step 3 (TINY)
+    same, same_history = recipes.train_width(cfg.d_model, TINY.steps, TINY.eval_every)
+    assert _same(base, same) and same_history.step_losses == base_history.step_losses
+    narrow, history = recipes.train_width(16, 4, 2)
+    assert narrow.config.d_model == 16 and narrow.config.n_layer == cfg.n_layer
+    assert history.column("step") == [2, 4] and history.step_losses != base_history.step_losses
+    with pytest.raises(ValueError, match="multiple of 4"):
+        recipes.train_width(18, 4, 2)

@@ -324,6 +324,32 @@ def _set_tags(cell: nbformat.NotebookNode, tags: list[str]) -> None:
 # --------------------------------------------------------------------------- executing in place
 
 
+def coalesce_streams(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Join each run of consecutive stream outputs of one name into one output, in place.
+
+    The kernel sends printed text in chunks whose boundaries depend on timing (a loaded
+    machine flushes mid-line), so the stored notebook would change from run to run with
+    nothing printed differently. nbval joins them the same way before it compares.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        joined: list = []
+        for out in cell.get("outputs", []):
+            last = joined[-1] if joined else None
+            if (
+                out.get("output_type") == "stream"
+                and last is not None
+                and last.get("output_type") == "stream"
+                and last.get("name") == out.get("name")
+            ):
+                last["text"] += out.get("text", "")
+            else:
+                joined.append(out)
+        cell.outputs = joined
+    return nb
+
+
 def execute_in_place(path: Path, *, workers: int = 2) -> Classification:
     """Execute one notebook natively and under the alternative kernels; replace it and its
     figures, cells classified, only if both runs succeeded."""
@@ -350,8 +376,8 @@ def execute_in_place(path: Path, *, workers: int = 2) -> Classification:
             for future in futures.values():
                 future.result()  # raises on a failing cell: nothing replaced
             fingerprints = {name: f.result() for name, f in prints.items()}
-        nb = nbformat.read(scratch / "native.ipynb", as_version=4)
-        alt = nbformat.read(scratch / "alt.ipynb", as_version=4)
+        nb = coalesce_streams(nbformat.read(scratch / "native.ipynb", as_version=4))
+        alt = coalesce_streams(nbformat.read(scratch / "alt.ipynb", as_version=4))
         result = classify(
             nb,
             alt,

@@ -17,8 +17,14 @@ two paths equivalent, each item runs as if in a fresh copy of the process in bot
 the global random number generators (Python, NumPy, PyTorch) is undone afterwards, so only
 its return value carries over, and items must seed their own randomness.
 
+:func:`start` is the same idea for one call that the chapter needs later rather than now: it
+forks a process that runs the call while the chapter goes on, and :meth:`Job.result` collects
+it (a future). Chapter 2 starts its scaling sweep this way before pre-training, so that the
+sweep's small models train on a second core during the twenty seconds the base model takes.
+
 ``MLUPDATES_WORKERS`` sets the number of worker processes (default: the CPU cores this
-process may use); ``MLUPDATES_WORKERS=1`` runs every loop in-process.
+process may use); ``MLUPDATES_WORKERS=1`` runs every loop in-process, and every job as soon as
+it is started.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -155,3 +161,102 @@ def map_processes(fn: Callable[[T], R], items: Sequence[T], workers: int | None 
         _replay(printed, errors)
         results.append(result)
     return results
+
+
+class Job(Generic[R]):
+    """A call started by :func:`start`; :meth:`result` waits for it and returns its value."""
+
+    def __init__(self, pid: int | None, folder: tempfile.TemporaryDirectory | None) -> None:
+        self._pid, self._folder = pid, folder
+        self._outcome: tuple[bool, object] | None = None  # (ok, (printed, errors, value) or error)
+        self._collected = False
+
+    @classmethod
+    def _done(cls, outcome: tuple[bool, object]) -> Job[R]:
+        job: Job[R] = cls(None, None)
+        job._outcome = outcome
+        return job
+
+    @property
+    def in_process(self) -> bool:
+        """True when the call ran in this process (no fork), at :func:`start`."""
+        return self._pid is None and self._folder is None
+
+    def result(self) -> R:
+        """The call's return value, with what it printed replayed here (once, on first call).
+
+        Waits for the worker process if it is still running. An exception in the call is
+        raised here: as itself when it ran in-process, as a :class:`RuntimeError` carrying
+        the worker's traceback otherwise.
+        """
+        if self._outcome is None:
+            assert self._pid is not None and self._folder is not None
+            _, status = os.waitpid(self._pid, 0)
+            self._pid = None
+            path = Path(self._folder.name, "job.pickle")
+            try:
+                if not path.is_file():
+                    raise RuntimeError(f"job process died (wait status {status})")
+                with open(path, "rb") as f:
+                    self._outcome = pickle.load(f)
+            finally:
+                self._folder.cleanup()
+        ok, value = self._outcome
+        if not ok:
+            if isinstance(value, BaseException):
+                raise value
+            raise RuntimeError(f"a job failed in its worker process:\n{value}")
+        printed, errors, result = value  # type: ignore[misc]
+        if not self._collected:
+            _replay(printed, errors)
+            self._collected = True
+        return result
+
+    def __del__(self) -> None:
+        # A job nobody collects must not outlive its handle as a running or zombie process.
+        if getattr(self, "_pid", None) is not None:
+            try:
+                os.kill(self._pid, 9)
+                os.waitpid(self._pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self._folder.cleanup()
+
+
+def start(fn: Callable[..., R], *args: object, **kwargs: object) -> Job[R]:
+    """Begin ``fn(*args, **kwargs)`` in a forked process and return at once; see :class:`Job`.
+
+    The worker runs on one thread, like the chapter, so its result is bit-identical to
+    calling ``fn`` here; its use of the global random generators stays in the worker. Where
+    forking is unsafe (see the module docstring) or only one worker is allowed, the call runs
+    here and now, with its random-generator use undone, and :meth:`Job.result` hands back
+    what it returned and replays what it printed, so both paths read alike. The result must
+    be picklable.
+    """
+
+    def call(_: None) -> R:
+        return fn(*args, **kwargs)
+
+    if default_workers() <= 1 or not can_fork():
+        try:
+            return Job._done((True, _run_item(call, None)))
+        except Exception as exc:  # raised at result(), where the forked path raises too
+            return Job._done((False, exc))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    folder = tempfile.TemporaryDirectory(prefix="mlupdates-job-")
+    path = Path(folder.name, "job.pickle")
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        code = 1
+        try:
+            try:
+                outcome: tuple[bool, object] = (True, _run_item(call, None))
+            except BaseException:
+                outcome = (False, traceback.format_exc())
+            with open(path, "wb") as f:
+                pickle.dump(outcome, f)
+            code = 0
+        finally:
+            os._exit(code)
+    return Job(pid, folder)

@@ -253,12 +253,42 @@ def train_base(
     the CPU (the same weights on every device) and trained on ``device`` (default: the
     chapter's).
     """
+    return _pretrain_gpt(cfg, BASE_TRAINING, seed, device, **train_kwargs)
+
+
+def train_width(
+    d_model: int,
+    steps: int,
+    eval_every: int,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[GPT, History]:
+    """The base recipe at width ``d_model``, trained for ``steps`` steps; not cached.
+
+    Chapter 2's scaling sweep: everything else as in :func:`train_base` (architecture,
+    corpus, initialisation and data streams, learning rates, with the cosine schedule
+    ending at ``steps``), evaluated every ``eval_every`` steps on the same validation windows.
+    """
+    if d_model < 1 or d_model % BASE_GPT["n_head"]:
+        raise ValueError(f"d_model={d_model} must be a positive multiple of {BASE_GPT['n_head']}")
+    cfg = dataclasses.replace(base_config(corpus(seed).tokenizer.vocab_size), d_model=d_model)
+    training = dataclasses.replace(BASE_TRAINING, steps=steps, eval_every=eval_every)
+    return _pretrain_gpt(cfg, training, seed, device)
+
+
+def _pretrain_gpt(
+    cfg: GPTConfig,
+    training: TrainConfig,
+    seed: int | None,
+    device: str | torch.device | None,
+    **train_kwargs,
+) -> tuple[GPT, History]:
     seed = _seed(seed)
     data = corpus(seed)
     torch.manual_seed(derive_seed(seed, INIT_SEED))
     model = GPT(cfg).to(_device(device))
     history = train(
-        model, data.train_tokens, _streams(BASE_TRAINING, seed), data.valid_tokens, **train_kwargs
+        model, data.train_tokens, _streams(training, seed), data.valid_tokens, **train_kwargs
     )
     return model, history
 
