@@ -30,6 +30,7 @@ it is started.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import pickle
@@ -89,17 +90,38 @@ def _replay(printed: str, errors: str) -> None:
     sys.stderr.write(errors)
 
 
-def _child(fn: Callable[[T], R], items: Sequence[T], indices: list[int], path: Path) -> None:
-    """Worker body: run this worker's items, pickle ``(index, outcome)`` pairs to ``path``."""
+def _attempt(fn: Callable[[T], R], item: T) -> tuple[bool, object]:
+    """In a worker: ``(True, _run_item(fn, item))``, or ``(False, traceback)`` if it raised."""
+    try:
+        return True, _run_item(fn, item)
+    except BaseException:  # reported to the parent, which re-raises
+        return False, traceback.format_exc()
+
+
+def _fork(body: Callable[[], object], path: Path) -> int:
+    """Fork a worker that pickles ``body()`` to ``path`` and exits; return its pid."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        code = 1
+        try:
+            value = body()
+            with open(path, "wb") as f:
+                pickle.dump(value, f)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _share(fn: Callable[[T], R], items: Sequence[T], indices: list[int]) -> list:
+    """Worker body of :func:`map_processes`: ``(index, ok, outcome)`` per item, up to a failure."""
     results = []
     for i in indices:
-        try:
-            results.append((i, True, _run_item(fn, items[i])))
-        except BaseException:  # reported to the parent, which re-raises
-            results.append((i, False, traceback.format_exc()))
+        ok, outcome = _attempt(fn, items[i])
+        results.append((i, ok, outcome))
+        if not ok:
             break
-    with open(path, "wb") as f:
-        pickle.dump(results, f)
+    return results
 
 
 def map_processes(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
@@ -133,15 +155,9 @@ def map_processes(fn: Callable[[T], R], items: Sequence[T], workers: int | None 
                                   for w in range(workers)])  # fmt: skip
         for w in range(workers):
             path = Path(tmp, f"worker-{w}.pickle")
-            pid = os.fork()
-            if pid == 0:  # the child: never returns into the caller's code
-                code = 1
-                try:
-                    _child(fn, items, list(range(bounds[w], bounds[w + 1])), path)
-                    code = 0
-                finally:
-                    os._exit(code)
-            children.append((pid, path))
+            share = list(range(bounds[w], bounds[w + 1]))
+            body = functools.partial(_share, fn, items, share)  # runs now, in the child
+            children.append((_fork(body, path), path))
         outcomes: dict[int, tuple[bool, object]] = {}
         for pid, path in children:
             _, status = os.waitpid(pid, 0)
@@ -164,23 +180,20 @@ def map_processes(fn: Callable[[T], R], items: Sequence[T], workers: int | None 
 
 
 class Job(Generic[R]):
-    """A call started by :func:`start`; :meth:`result` waits for it and returns its value."""
+    """A call started by :func:`start`; :meth:`result` waits for it and returns its value.
 
-    def __init__(self, pid: int | None, folder: tempfile.TemporaryDirectory | None) -> None:
-        self._pid, self._folder = pid, folder
-        self._outcome: tuple[bool, object] | None = None  # (ok, (printed, errors, value) or error)
+    ``in_process`` is True when the call already ran in this process, at :func:`start`.
+    """
+
+    def __init__(
+        self,
+        pid: int | None = None,
+        folder: tempfile.TemporaryDirectory | None = None,
+        outcome: tuple[bool, object] | None = None,  # (ok, (printed, errors, value) or error)
+    ) -> None:
+        self._pid, self._folder, self._outcome = pid, folder, outcome
+        self.in_process = pid is None
         self._collected = False
-
-    @classmethod
-    def _done(cls, outcome: tuple[bool, object]) -> Job[R]:
-        job: Job[R] = cls(None, None)
-        job._outcome = outcome
-        return job
-
-    @property
-    def in_process(self) -> bool:
-        """True when the call ran in this process (no fork), at :func:`start`."""
-        return self._pid is None and self._folder is None
 
     def result(self) -> R:
         """The call's return value, with what it printed replayed here (once, on first call).
@@ -239,24 +252,11 @@ def start(fn: Callable[..., R], *args: object, **kwargs: object) -> Job[R]:
 
     if default_workers() <= 1 or not can_fork():
         try:
-            return Job._done((True, _run_item(call, None)))
+            return Job(outcome=(True, _run_item(call, None)))
         except Exception as exc:  # raised at result(), where the forked path raises too
-            return Job._done((False, exc))
+            return Job(outcome=(False, exc))
     sys.stdout.flush()
     sys.stderr.flush()
     folder = tempfile.TemporaryDirectory(prefix="mlupdates-job-")
-    path = Path(folder.name, "job.pickle")
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the caller's code
-        code = 1
-        try:
-            try:
-                outcome: tuple[bool, object] = (True, _run_item(call, None))
-            except BaseException:
-                outcome = (False, traceback.format_exc())
-            with open(path, "wb") as f:
-                pickle.dump(outcome, f)
-            code = 0
-        finally:
-            os._exit(code)
+    pid = _fork(lambda: _attempt(call, None), Path(folder.name, "job.pickle"))
     return Job(pid, folder)

@@ -253,7 +253,7 @@ def train_base(
     the CPU (the same weights on every device) and trained on ``device`` (default: the
     chapter's).
     """
-    return _pretrain_gpt(cfg, BASE_TRAINING, seed, device, **train_kwargs)
+    return _train_gpt(cfg, BASE_TRAINING, seed, device, **train_kwargs)
 
 
 def train_width(
@@ -273,10 +273,10 @@ def train_width(
         raise ValueError(f"d_model={d_model} must be a positive multiple of {BASE_GPT['n_head']}")
     cfg = dataclasses.replace(base_config(corpus(seed).tokenizer.vocab_size), d_model=d_model)
     training = dataclasses.replace(BASE_TRAINING, steps=steps, eval_every=eval_every)
-    return _pretrain_gpt(cfg, training, seed, device)
+    return _train_gpt(cfg, training, seed, device)
 
 
-def _pretrain_gpt(
+def _train_gpt(
     cfg: GPTConfig,
     training: TrainConfig,
     seed: int | None,

@@ -200,6 +200,15 @@ class FitResult:
     cpu_seconds: float = 0.0
 
 
+def _teacher_logits(teacher: nn.Module | None, x: Tensor) -> Tensor | None:
+    """The teacher's logits on all of ``x``, once and in eval mode (None without a teacher)."""
+    if teacher is None:
+        return None
+    teacher.eval()
+    with torch.no_grad():
+        return teacher(x)
+
+
 def _check_training_inputs(
     x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, lr: float
 ) -> None:
@@ -238,11 +247,7 @@ def fit_classifier(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameter")
-    teacher_logits = None
-    if teacher is not None:
-        teacher.eval()
-        with torch.no_grad():
-            teacher_logits = teacher(x)  # (N, n_classes)
+    teacher_logits = _teacher_logits(teacher, x)  # (N, n_classes), or None
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(runtime.resolve_seed(seed, 0))
     result = FitResult()
@@ -326,11 +331,7 @@ def fit_classifiers(
         raise ValueError("every model must have the same parameter names and shapes")
     if not all(p.requires_grad for m in models for p in m.parameters()):
         raise ValueError("every parameter must be trainable; use fit_classifier to freeze some")
-    teacher_logits = None
-    if teacher is not None:
-        teacher.eval()
-        with torch.no_grad():
-            teacher_logits = teacher(x)  # (N, n_classes)
+    teacher_logits = _teacher_logits(teacher, x)  # (N, n_classes), or None
     for m in models:
         m.train()
     params, buffers = stack_module_state(models)  # name -> (k, ...) leaves
